@@ -1,0 +1,72 @@
+"""Attack contract: a `Leak` in, a `Reconstruction` out (ARCHITECTURE "Contracts")."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from bench.context import Context
+
+
+@dataclass
+class Leak:
+    """Exactly what the threat model hands the attacker, plus the ground truth for scoring.
+
+    ``train_inputs``/``train_targets``: (protected representation, original image) pairs the
+    attacker builds from its auxiliary public faces with the defense's real randomness (for
+    mixtures the target is the slot-0 image). ``inputs``: the stolen protected representations of
+    the test faces. ``targets`` and ``labels`` are for scoring only and are removed by
+    :meth:`for_attacker`. ``views``: image-domain view of ``inputs`` for S1/S2 (None when the
+    representation has no image view).
+    """
+
+    train_inputs: Tensor
+    train_targets: Tensor
+    inputs: Tensor
+    targets: Tensor | None = None
+    labels: Tensor | None = None
+    views: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def for_attacker(self) -> "Leak":
+        """A copy without the ground truth the attacker must not see."""
+        return Leak(self.train_inputs, self.train_targets, self.inputs, None, None, None,
+                    dict(self.extra))
+
+
+@dataclass
+class Reconstruction:
+    """Images ``[N, C, H, W]`` in [0, 1], row ``i`` reconstructing ``leak.inputs[i]``."""
+
+    images: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    """A reconstruction attack. Subclasses define ``Options`` (a dataclass with ALGORITHMS.md
+    defaults) and ``run``. Built as ``Attack(**options)``; unknown options are an error."""
+
+    name: ClassVar[str] = "attack"
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        from bench.config import build_options
+
+        self.options = build_options(self.Options, options, f"attack {self.name}")
+
+    def applies_to(self, defense: Any) -> bool:
+        """Whether this attack is meaningful against ``defense`` (else the cell is ``n/a``)."""
+        return True
+
+    @abstractmethod
+    def run(self, leak: Leak, ctx: Context) -> Reconstruction:
+        """Train on ``leak.train_*`` and reconstruct ``leak.inputs``."""
+
+
+def option_names(options_cls: type) -> list[str]:
+    return [f.name for f in fields(options_cls)]

@@ -1,0 +1,33 @@
+"""`Context`: what every stage and plugin is handed — device, seed-derived generators, options.
+
+Randomness is passed, never global: :meth:`Context.generator` derives an independent, reproducible
+``torch.Generator`` from the run seed and a salt naming its use.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def derive_seed(seed: int, *salt: object) -> int:
+    """A 63-bit seed from ``seed`` and a salt, stable across processes and platforms."""
+    text = "/".join([str(seed), *map(str, salt)]).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+@dataclass
+class Context:
+    """Run-wide settings handed to stages and plugins."""
+
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = True
+    recognizer: Any = None  # bench.config.RecognizerConfig
+    baseline: Any = None  # the unprotected recognizer F1, once trained (feature defenses need E)
+
+    def generator(self, *salt: object) -> torch.Generator:
+        """A fresh generator seeded from the run seed and ``salt`` (on the CPU)."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, *salt))

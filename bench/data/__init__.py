@@ -1,0 +1,3 @@
+"""Dataset loaders → `FaceData`. Each loader is registered in ``bench.registry.DATASETS`` as
+``loader(cfg: DataConfig, seed: int) -> FaceData``."""
+from bench.data.facedata import FaceData, FaceSet, VerificationSet  # noqa: F401

@@ -1,0 +1,80 @@
+"""Defense contract (ARCHITECTURE "Contracts").
+
+A defense turns images into what leaves the data owner (``encode``), trains the recognizer that
+works on that representation (``train_step`` / ``train_recognizer``), and says what the attacker
+gets under its threat model (``leak``). Subclasses define ``Options`` — a dataclass whose
+defaults are those of ALGORITHMS.md — and cite the section they implement in their docstring.
+"""
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from attacks.base import Leak
+from bench.context import Context
+from bench.data.facedata import FaceData
+
+ENCODE_BATCH = 256  # encode in chunks so large sets fit in memory
+
+
+class Defense(ABC):
+    """Base defense: identity encoding, ArcFace training on ``encode(x)``, simulated leak."""
+
+    name: ClassVar[str] = "defense"
+    domain: ClassVar[Literal["image", "feature"]] = "image"
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        from bench.config import build_options
+
+        self.options = build_options(self.Options, options, f"defense {self.name}")
+
+    # -- learned parts -------------------------------------------------------------------------
+    def fit(self, data: FaceData, ctx: Context) -> None:
+        """Fit any learned part of the defense (eigenfaces, shadow decoder, …). Default: none."""
+
+    # -- the protected representation -----------------------------------------------------------
+    def encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """What leaves the data owner for images ``x`` in [0, 1] (training-time randomness)."""
+        return x
+
+    def test_encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """Representation used at verification time (no mixing). Default: ``encode``."""
+        return self.encode(x, gen)
+
+    def encode_all(self, x: Tensor, gen: torch.Generator, test: bool = False) -> Tensor:
+        fn = self.test_encode if test else self.encode
+        return torch.cat([fn(chunk, gen) for chunk in x.split(ENCODE_BATCH)])
+
+    def view(self, r: Tensor) -> Tensor | None:
+        """Image-domain view of a representation (for S1/S2 and figures); None if there is none."""
+        return r if r.ndim == 4 and r.shape[1] in (1, 3) else None
+
+    # -- the recognizer ---------------------------------------------------------------------------
+    def train_step(self, model: Any, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        """Loss of one recognizer step on a raw image batch. Default: ArcFace on ``encode(x)``;
+        mixing defenses override it with mixed-label ArcFace (ALGORITHMS §0.3)."""
+        return model.loss(self.encode(x, gen), y)
+
+    def train_recognizer(self, data: FaceData, ctx: Context) -> Any:
+        """Train the recognizer that works on this defense's representation."""
+        from bench.recognition import train_recognizer
+
+        return train_recognizer(data.train, ctx, defense=self, desc=f"recognizer[{self.name}]")
+
+    # -- the threat model ---------------------------------------------------------------------------
+    def leak(self, data: FaceData, ctx: Context) -> Leak:
+        """Attacker pairs simulated on the auxiliary faces with the defense's real randomness, and
+        the stolen representations of the test faces."""
+        gen = ctx.generator("leak", self.name)
+        train_inputs = self.encode_all(data.aux.images, gen, test=True)
+        inputs = self.encode_all(data.test.images, gen, test=True)
+        return Leak(train_inputs, data.aux.images, inputs, data.test.images, data.test.labels,
+                    views=self.view(inputs))

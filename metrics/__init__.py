@@ -1,0 +1,1 @@
+"""Privacy and utility metrics (ALGORITHMS §8)."""
