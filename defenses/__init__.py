@@ -1,1 +1,2 @@
 """Built-in defenses; importing this package registers them in ``bench.registry.DEFENSES``."""
+from defenses import none, ppfr_fd  # noqa: E402,F401

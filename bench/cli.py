@@ -1,0 +1,145 @@
+"""Command line: ``python -m bench {run,list,report}``.
+
+User mistakes (``BenchError``) print one line and exit with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from bench.errors import BenchError, ConfigError
+
+EPILOG = """examples:
+  python -m bench run                                   # none,ppfr_fd x cgan on the embedded ORL faces
+  python -m bench run --defenses 'masking_*,none' --attacks cgan --seeds 0,1,2
+  python -m bench run --set recognizer.epochs=5 --set attacks.cgan.epochs=2
+  python -m bench list
+  python -m bench report results/runs/<run-id>
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Face-privacy benchmark: train defenses, attack them "
+                                            "with reconstruction attacks, measure privacy and utility.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a defense x attack matrix and write its tables",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--defenses", default="none,ppfr_fd",
+                     help="comma-separated defense names or wildcards, or 'all'")
+    run.add_argument("--attacks", default="cgan", help="comma-separated attack names, or 'all'")
+    run.add_argument("--dataset", default=None, help="dataset loader (default: the preset's, orl)")
+    run.add_argument("--data-root", default=None, help="dataset folder for on-disk datasets")
+    run.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper (GPU recipe)")
+    run.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (joblib)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config value, e.g. recognizer.epochs=5 or "
+                          "defenses.ppfr_fd.perm_mode=fixed_key (repeatable)")
+    run.add_argument("--results", default="results", help="results folder (runs/ and cache/ go here)")
+    run.add_argument("--run-id", default=None, help="run folder name (default: derived from the config)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sub.add_parser("list", help="list registered defenses, attacks, datasets and presets")
+
+    rep = sub.add_parser("report", help="regenerate a run's tables from its cell JSONs")
+    rep.add_argument("run_dir", help="a folder under results/runs/")
+    return p
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    return seeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import resolve
+    from bench.matrix import run_matrix
+    from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+    from bench.report import build_report, format_table, load_cells, table2
+
+    load_builtin_plugins()
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    extra: dict = {"data": {}}
+    if args.dataset:
+        extra["data"]["name"] = args.dataset
+    if args.data_root:
+        extra["data"]["root"] = args.data_root
+    if args.seeds:
+        extra["seeds"] = _seeds(args.seeds)
+    if args.device:
+        extra["device"] = args.device
+    cfg = resolve(args.preset, args.set, extra)
+    DATASETS.get(cfg.data.name)
+    defenses, attacks = DEFENSES.expand(args.defenses), ATTACKS.expand(args.attacks)
+    for name in defenses:  # validate every option before any training starts
+        DEFENSES.create(name, **_opts(cfg.defenses, name))
+    for name in attacks:
+        ATTACKS.create(name, **_opts(cfg.attacks, name))
+    run_dir = run_matrix(cfg, defenses, attacks, Path(args.results), args.run_id, args.jobs,
+                         progress=not args.no_progress)
+    written = build_report(run_dir)
+    print(format_table(table2(load_cells(run_dir))))
+    metric = load_cells(run_dir)[0].get("perceptual_metric")
+    if metric and metric != "lpips":
+        print(f"note: S1/S3 use {metric}; set metrics.lpips_weights to the AlexNet weights for LPIPS")
+    print(f"wrote {written['table2']} and {run_dir / 'cells'}")
+    return 0
+
+
+def _opts(section: dict, name: str) -> dict:
+    from bench.pipeline import plugin_options
+
+    return plugin_options(section, name)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.config import preset_names
+    from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+
+    load_builtin_plugins()
+    for title, reg in (("defenses", DEFENSES), ("attacks", ATTACKS), ("datasets", DATASETS)):
+        print(f"{title}:")
+        for name in reg.names():
+            doc = (reg.get(name).factory.__doc__ or "").strip().splitlines()
+            print(f"  {name:24s} {doc[0] if doc else ''}")
+    print("presets:", ", ".join(preset_names()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report, format_table, load_cells, table2
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise BenchError(f"run folder {run_dir} does not exist; see results/runs/")
+    written = build_report(run_dir)
+    print(format_table(table2(load_cells(run_dir))))
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are stored; run the same command again to resume",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,278 @@
+"""The stages of one cell (ARCHITECTURE "The stages of one cell"), each stored in the artifact
+store under a key derived from config alone:
+
+    baseline ─► defense_fit ─► defense_recognizer ─► leak ─► attack ─► measure
+
+``baseline`` (the recognizer F1 on raw images) is shared by every cell of a dataset and seed;
+``defense_*`` and ``leak`` by every attack on the same defense.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from attacks.base import Leak, Reconstruction
+from bench import __version__
+from bench.config import RunConfig
+from bench.context import Context
+from bench.data.facedata import FaceData
+from bench.recognition import embed, train_recognizer, verify
+from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+from bench.store import ArtifactStore, stage_key
+
+N_SAMPLES = 8  # reconstructions kept per cell for figures
+
+
+@dataclass(frozen=True)
+class Cell:
+    seed: int
+    defense: str
+    attack: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.defense}__{self.attack}__s{self.seed}"
+
+
+def plugin_options(cfg_section: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Options a config gives plugin ``name``: its base name's table, then the variant's own."""
+    base = name.split(".")[0]
+    return {**cfg_section.get(base, {}), **(cfg_section.get(name, {}) if name != base else {})}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from bench.errors import ConfigError
+
+        raise ConfigError("device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(data_json: str, seed: int) -> FaceData:
+    from bench.config import DataConfig, build_options
+
+    cfg = build_options(DataConfig, json.loads(data_json), "data")
+    return DATASETS.get(cfg.name).factory(cfg, seed)
+
+
+class Pipeline:
+    """Computes (or loads) every stage of a cell from a resolved config and an artifact store."""
+
+    def __init__(self, cfg: RunConfig, store: ArtifactStore, progress: bool = True) -> None:
+        load_builtin_plugins()
+        self.cfg = cfg
+        self.store = store
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+
+    # -- keys (config only; nothing is loaded) ------------------------------------------------
+    def data_key(self, seed: int) -> str:
+        return stage_key("data", data=dataclasses.asdict(self.cfg.data), seed=seed)
+
+    def baseline_key(self, seed: int) -> str:
+        return stage_key("baseline", data=self.data_key(seed),
+                         recognizer=dataclasses.asdict(self.cfg.recognizer))
+
+    def defense_options(self, name: str) -> dict[str, Any]:
+        return {**DEFENSES.get(name).options, **plugin_options(self.cfg.defenses, name)}
+
+    def attack_options(self, name: str) -> dict[str, Any]:
+        return {**ATTACKS.get(name).options, **plugin_options(self.cfg.attacks, name)}
+
+    def fit_key(self, seed: int, defense: str) -> str:
+        return stage_key("defense_fit", defense=defense, options=self.defense_options(defense),
+                         baseline=self.baseline_key(seed))
+
+    def recognizer_key(self, seed: int, defense: str) -> str:
+        return stage_key("defense_recognizer", fit=self.fit_key(seed, defense))
+
+    def leak_key(self, seed: int, defense: str) -> str:
+        return stage_key("leak", recognizer=self.recognizer_key(seed, defense))
+
+    def attack_key(self, cell: Cell) -> str:
+        return stage_key("attack", leak=self.leak_key(cell.seed, cell.defense), attack=cell.attack,
+                         options=self.attack_options(cell.attack))
+
+    def measure_key(self, cell: Cell) -> str:
+        return stage_key("measure", attack=self.attack_key(cell),
+                         metrics=dataclasses.asdict(self.cfg.metrics))
+
+    # -- stages -------------------------------------------------------------------------------
+    def context(self, seed: int, *salt: object) -> Context:
+        return Context(seed=seed, device=self.device, progress=self.progress,
+                       recognizer=self.cfg.recognizer)
+
+    def data(self, seed: int) -> FaceData:
+        return _load_data(json.dumps(dataclasses.asdict(self.cfg.data), sort_keys=True), seed)
+
+    def baseline(self, seed: int) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            data, ctx, t0 = self.data(seed), self.context(seed), time.time()
+            model = train_recognizer(data.train, ctx, desc="baseline recognizer")
+            accuracy = {v.name: verify(model, v) for v in data.verification}
+            return {"model": model.cpu(), "accuracy": accuracy, "seconds": time.time() - t0,
+                    **self._thresholds(model, data)}
+
+        return self.store.get_or_compute("baseline", self.baseline_key(seed), compute)
+
+    @staticmethod
+    def _thresholds(model: torch.nn.Module, data: FaceData) -> dict[str, float]:
+        """SRRA thresholds on cosine similarity: the verification threshold of the unprotected
+        model (mean of the 10 fold thresholds) and the one at FAR = 1e-3 (ALGORITHMS §8)."""
+        from metrics.identity import threshold_at_far, verification_accuracy
+
+        v = data.verification[0]
+        emb = embed(model, v.images)
+        cos = (emb[0::2] * emb[1::2]).sum(1)
+        tau = 1.0 - verification_accuracy(emb[0::2], emb[1::2], v.issame)["threshold_mean"] / 2.0
+        tau_far = threshold_at_far(cos[v.issame], cos[~v.issame], 1e-3)
+        return {"tau": float(tau), "tau_far": float(tau_far)}
+
+    def _baseline_ctx(self, seed: int) -> Context:
+        ctx = self.context(seed)
+        ctx.baseline = self.baseline(seed)["model"].to(self.device)
+        return ctx
+
+    def defense_fit(self, seed: int, name: str) -> Any:
+        def compute() -> Any:
+            defense = DEFENSES.create(name, **plugin_options(self.cfg.defenses, name))
+            defense.name = name
+            defense.fit(self.data(seed), self._baseline_ctx(seed))
+            return defense
+
+        return self.store.get_or_compute("defense_fit", self.fit_key(seed, name), compute)
+
+    def defense_recognizer(self, seed: int, name: str) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            defense, data, t0 = self.defense_fit(seed, name), self.data(seed), time.time()
+            ctx = self._baseline_ctx(seed)
+            model = defense.train_recognizer(data, ctx)
+            gen = ctx.generator("verify", name)
+            accuracy = {v.name: verify(model, v, defense.test_encode, gen) for v in data.verification}
+            return {"defense": defense, "model": model.cpu(), "accuracy": accuracy,
+                    "seconds": time.time() - t0, "record": getattr(defense, "record", {})}
+
+        return self.store.get_or_compute("defense_recognizer", self.recognizer_key(seed, name), compute)
+
+    def leak(self, seed: int, name: str) -> Leak:
+        def compute() -> Leak:
+            defense = self.defense_recognizer(seed, name)["defense"]
+            return defense.leak(self.data(seed), self._baseline_ctx(seed))
+
+        return self.store.get_or_compute("leak", self.leak_key(seed, name), compute)
+
+    def attack(self, cell: Cell) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            defense = self.defense_fit(cell.seed, cell.defense)
+            attack = ATTACKS.create(cell.attack, **plugin_options(self.cfg.attacks, cell.attack))
+            if not attack.applies_to(defense):
+                return {"status": "n/a", "reconstruction": None, "seconds": 0.0}
+            t0 = time.time()
+            recon = attack.run(self.leak(cell.seed, cell.defense).for_attacker(),
+                               self.context(cell.seed, cell.attack))
+            return {"status": "ok", "reconstruction": recon, "seconds": time.time() - t0}
+
+        return self.store.get_or_compute("attack", self.attack_key(cell), compute)
+
+    def measure(self, cell: Cell) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            attack = self.attack(cell)
+            recog = self.defense_recognizer(cell.seed, cell.defense)
+            base = self.baseline(cell.seed)
+            out: dict[str, Any] = {
+                "status": attack["status"],
+                "accuracy": recog["accuracy"],
+                "baseline_accuracy": base["accuracy"],
+                "record": recog.get("record", {}),
+                "seconds": {"baseline": base["seconds"], "defense_recognizer": recog["seconds"],
+                            "attack": attack["seconds"]},
+            }
+            if attack["status"] == "ok":
+                leak = self.leak(cell.seed, cell.defense)
+                out.update(measure_privacy(leak, attack["reconstruction"], base, self.cfg))
+            return out
+
+        return self.store.get_or_compute("measure", self.measure_key(cell), compute)
+
+    def cell_record(self, cell: Cell, run_id: str) -> dict[str, Any]:
+        """The JSON record of one cell (ARCHITECTURE "Results are data")."""
+        m = self.measure(cell)
+        return {
+            "schema": 1,
+            "harness_version": __version__,
+            "run_id": run_id,
+            "dataset": self.cfg.data.name,
+            "preset": self.cfg.preset,
+            "seed": cell.seed,
+            "defense": cell.defense,
+            "defense_options": self.defense_options(cell.defense),
+            "protected": bool(getattr(DEFENSES.get(cell.defense).factory, "protected", True)),
+            "attack": cell.attack,
+            "attack_options": self.attack_options(cell.attack),
+            **{k: v for k, v in m.items() if k != "samples"},
+            "stage_keys": {"baseline": self.baseline_key(cell.seed),
+                           "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),
+                           "measure": self.measure_key(cell)},
+        }
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips(weights: str | None) -> Any:
+    from metrics.image import Lpips
+
+    return Lpips.load(weights)
+
+
+def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
+                    cfg: RunConfig) -> dict[str, Any]:
+    """S1–S4, SSIM/PSNR/MSE and SRRA of one cell (ALGORITHMS §8)."""
+    from metrics.identity import cosine, srra
+    from metrics.image import mse, perceptual_distance, psnr, ssim
+    from metrics.scores import raw_pp, s_identity, s_perceptual
+
+    lp = _lpips(cfg.metrics.lpips_weights)
+    f1 = base["model"]
+    orig = leak.targets
+    rec = _match_channels(recon.images.clamp(0, 1), orig)
+    e_orig, e_rec = embed(f1, orig), embed(f1, rec)
+    d3, perceptual_name = perceptual_distance(orig, rec, lp)
+    out: dict[str, Any] = {"perceptual_metric": perceptual_name,
+                           "lpips_unavailable_reason": None if lp.available else lp.reason}
+    s1 = s2 = float("nan")
+    if leak.views is not None:
+        views = _match_channels(leak.views, orig)
+        d1, _ = perceptual_distance(orig, views, lp)
+        s1, s2 = s_perceptual(d1), s_identity(cosine(e_orig, embed(f1, views)))
+    s3, s4 = s_perceptual(d3), s_identity(cosine(e_orig, e_rec))
+    out["privacy"] = {
+        "S1": s1, "S2": s2, "S3": s3, "S4": s4, "raw_pp": raw_pp(s1, s2, s3, s4),
+        "SSIM": float(ssim(orig, rec).mean()), "PSNR": float(psnr(orig, rec).mean()),
+        "MSE": float(mse(orig, rec).mean()),
+        "SRRA": srra(e_rec, e_orig, base["tau"]), "SRRA_far1e-3": srra(e_rec, e_orig, base["tau_far"]),
+    }
+    out["n_test"] = len(orig)
+    to8 = lambda t: (t[:N_SAMPLES].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+    out["samples"] = {"original": to8(orig), "reconstruction": to8(rec),
+                      "view": None if leak.views is None else to8(_match_channels(leak.views, orig))}
+    return out
+
+
+def _match_channels(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bring ``x`` to ``like``'s channel count and size (gray views of RGB faces, etc.)."""
+    if x.shape[-2:] != like.shape[-2:]:
+        x = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    if x.shape[1] == like.shape[1]:
+        return x
+    if x.shape[1] == 1:
+        return x.expand(-1, like.shape[1], -1, -1)
+    return x.mean(1, keepdim=True)

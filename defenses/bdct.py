@@ -1,0 +1,99 @@
+"""Block DCT (ALGORITHMS §0.1): gray image → 8×8 blocks → orthonormal 2-D DCT-II per block.
+
+Output ``[B, 64, H/8, W/8]`` with channel ``8·u + v`` (row-major inside the block); channel 0 is DC.
+Implemented as two small matrix products per block (``D · X · Dᵀ``), which is exactly
+``scipy.fft.dctn(block, norm='ortho')`` and vectorises over every block at once.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BLOCK = 8
+DC_CHANNEL = 0
+# BT.601 luma, as in JPEG's YCbCr
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@functools.lru_cache(maxsize=None)
+def dct_matrix(n: int = BLOCK, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Orthonormal DCT-II matrix ``D`` with ``D[u, x] = a(u)·cos((2x+1)uπ / 2n)``."""
+    u = torch.arange(n, dtype=torch.float64)[:, None]
+    x = torch.arange(n, dtype=torch.float64)[None, :]
+    d = torch.cos((2 * x + 1) * u * math.pi / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(dtype)
+
+
+def to_gray(x: Tensor) -> Tensor:
+    """``[B, 1|3, H, W]`` → ``[B, 1, H, W]`` (Y of YCbCr for RGB)."""
+    if x.shape[1] == 1:
+        return x
+    if x.shape[1] != 3:
+        raise ValueError(f"expected 1 or 3 image channels, got {x.shape[1]}")
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def to_ycbcr(x: Tensor) -> Tensor:
+    """RGB ``[B, 3, H, W]`` in [0, 1] → YCbCr (JPEG/BT.601 full range, in [0, 1])."""
+    r, g, b = x.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return torch.stack([y, cb, cr], 1)
+
+
+def bdct(x: Tensor, upsample: bool = False) -> Tensor:
+    """Single-channel images ``[B, 1, H, W]`` → coefficients ``[B, 64, H/8, W/8]``.
+
+    ``upsample`` first enlarges the image ×8 (bilinear, the TFace convention), giving
+    ``[B, 64, H, W]``. H and W must be multiples of 8.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"bdct expects [B, 1, H, W], got {tuple(x.shape)}")
+    if upsample:
+        x = F.interpolate(x, scale_factor=BLOCK, mode="bilinear", align_corners=False)
+    b, _, h, w = x.shape
+    if h % BLOCK or w % BLOCK:
+        raise ValueError(f"image size {h}x{w} is not a multiple of {BLOCK}")
+    d = dct_matrix(BLOCK, x.dtype).to(x.device)
+    blocks = x.reshape(b, h // BLOCK, BLOCK, w // BLOCK, BLOCK).permute(0, 1, 3, 2, 4)
+    coeff = d @ blocks @ d.T  # [B, h, w, u, v]
+    return coeff.reshape(b, h // BLOCK, w // BLOCK, BLOCK * BLOCK).permute(0, 3, 1, 2).contiguous()
+
+
+def ibdct(c: Tensor) -> Tensor:
+    """Inverse of :func:`bdct` (without the upsampling): ``[B, 64, h, w]`` → ``[B, 1, 8h, 8w]``."""
+    b, ch, h, w = c.shape
+    if ch != BLOCK * BLOCK:
+        raise ValueError(f"ibdct expects 64 channels, got {ch}")
+    d = dct_matrix(BLOCK, c.dtype).to(c.device)
+    coeff = c.permute(0, 2, 3, 1).reshape(b, h, w, BLOCK, BLOCK)
+    blocks = d.T @ coeff @ d
+    return blocks.permute(0, 1, 3, 2, 4).reshape(b, 1, h * BLOCK, w * BLOCK)
+
+
+def bdct_image(x: Tensor, upsample: bool = False) -> Tensor:
+    """Any image ``[B, 1|3, H, W]`` → gray BDCT ``[B, 64, ·, ·]``."""
+    return bdct(to_gray(x), upsample=upsample)
+
+
+def masked_view(r: Tensor, removed: tuple[int, ...] = (DC_CHANNEL,)) -> Tensor:
+    """Image-domain view of a masked frequency map (ALGORITHMS §0.1).
+
+    Removed channels are zero-filled, the remaining channels go back into the other slots in their
+    current order, then inverse BDCT and a per-image min-max to [0, 1].
+    """
+    b, c, h, w = r.shape
+    keep = [i for i in range(BLOCK * BLOCK) if i not in removed][:c]
+    full = r.new_zeros(b, BLOCK * BLOCK, h, w)
+    full[:, keep] = r[:, : len(keep)]
+    img = ibdct(full)
+    lo = img.amin(dim=(1, 2, 3), keepdim=True)
+    hi = img.amax(dim=(1, 2, 3), keepdim=True)
+    return (img - lo) / (hi - lo).clamp_min(1e-8)

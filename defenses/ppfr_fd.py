@@ -1,0 +1,126 @@
+"""`ppfr_fd`: PPFR-FD "Masking" (ALGORITHMS §1, [H App. A.1]).
+
+Gray BDCT → drop DC → shuffle π₁ → self-normalise → channel mixing → shuffle π₂ → self-normalise.
+No trained parameters; the recognizer is trained on the masked maps. Choices marked [ASSUMP] in
+ALGORITHMS §1 are options here: ``mix_mode``, ``perm_mode``, ``keep_channels``, ``upsample``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from bench.context import derive_seed
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
+from defenses.base import Defense
+from defenses.bdct import BLOCK, DC_CHANNEL, bdct_image, masked_view
+
+MIX_MODES = ("adjacent_sum", "random_pair_sum", "random_orthogonal")
+PERM_MODES = ("per_sample", "fixed_key")
+
+
+def self_normalise(c: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per sample and channel, over space: ``(c − mean) / (std + eps)`` [ASSUMP]."""
+    mean = c.mean(dim=(2, 3), keepdim=True)
+    std = c.std(dim=(2, 3), keepdim=True, unbiased=False)
+    return (c - mean) / (std + eps)
+
+
+def permute_channels(c: Tensor, perms: Tensor) -> Tensor:
+    """Apply per-sample channel permutations ``perms [B, C]`` (or one ``[C]`` for all)."""
+    if perms.ndim == 1:
+        return c[:, perms]
+    idx = perms.to(c.device)[:, :, None, None].expand_as(c)
+    return torch.gather(c, 1, idx)
+
+
+@dataclass
+class PpfrOptions:
+    keep_channels: list[int] = field(default_factory=list)  # [] = all 63 AC channels
+    perm_mode: str = "per_sample"  # per_sample (no key management) | fixed_key
+    mix_mode: str = "adjacent_sum"
+    upsample: bool = False  # TFace ×8 bilinear upsampling before the BDCT
+    key_seed: int = 0  # the deployment's secret for perm_mode=fixed_key
+
+    def validate(self) -> None:
+        if self.perm_mode not in PERM_MODES:
+            raise ConfigError(f"ppfr_fd perm_mode must be one of {PERM_MODES}, got {self.perm_mode!r}")
+        if self.mix_mode not in MIX_MODES:
+            raise ConfigError(f"ppfr_fd mix_mode must be one of {MIX_MODES}, got {self.mix_mode!r}")
+        bad = [c for c in self.keep_channels if not 0 < c < BLOCK * BLOCK]
+        if bad or len(set(self.keep_channels)) != len(self.keep_channels):
+            raise ConfigError(f"ppfr_fd keep_channels must be distinct AC indices 1..63, got {self.keep_channels}")
+
+
+class PpfrMasker:
+    """The PPFR-FD transform on its own, reused by the mixing defenses built on top of it."""
+
+    def __init__(self, options: PpfrOptions) -> None:
+        self.options = options
+        self.channels = list(options.keep_channels) or [i for i in range(BLOCK * BLOCK) if i != DC_CHANNEL]
+        self.removed = tuple(i for i in range(BLOCK * BLOCK) if i not in self.channels)
+        n = len(self.channels)
+        key = torch.Generator().manual_seed(derive_seed(options.key_seed, "ppfr_fd-key"))
+        self._key_perms = (torch.randperm(n, generator=key), torch.randperm(n, generator=key))
+        self._key_mix = self._mixing_params(1, n, key)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def _perms(self, b: int, gen: torch.Generator, which: int) -> Tensor:
+        if self.options.perm_mode == "fixed_key":
+            return self._key_perms[which]
+        return torch.argsort(torch.rand(b, self.num_channels, generator=gen), dim=1)
+
+    def _mixing_params(self, b: int, n: int, gen: torch.Generator) -> Tensor | None:
+        if self.options.mix_mode == "random_pair_sum":
+            # partner of channel j is j + shift (mod n), shift ≠ 0: every channel gets a partner
+            return torch.randint(1, n, (b,), generator=gen)
+        if self.options.mix_mode == "random_orthogonal":
+            q, r = torch.linalg.qr(torch.randn(b, n, n, generator=gen))
+            return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+        return None
+
+    def _mix(self, c: Tensor, gen: torch.Generator) -> Tensor:
+        b, n = c.shape[:2]
+        mode = self.options.mix_mode
+        if mode == "adjacent_sum":
+            return c + torch.roll(c, shifts=-1, dims=1)
+        params = self._key_mix if self.options.perm_mode == "fixed_key" else self._mixing_params(b, n, gen)
+        if mode == "random_pair_sum":
+            shift = params.expand(b) if params.numel() == 1 else params
+            idx = (torch.arange(n)[None, :] + shift[:, None]) % n
+            return c + permute_channels(c, idx)
+        q = params.expand(b, n, n).to(c)
+        return torch.einsum("bij,bjhw->bihw", q, c)
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        c = bdct_image(x, upsample=self.options.upsample)[:, self.channels]
+        c = self_normalise(permute_channels(c, self._perms(len(c), gen, 0)))
+        c = self._mix(c, gen)
+        return self_normalise(permute_channels(c, self._perms(len(c), gen, 1)))
+
+    def view(self, r: Tensor) -> Tensor:
+        return masked_view(r, self.removed)
+
+
+@DEFENSES.register("ppfr_fd")
+class PpfrFd(Defense):
+    """PPFR-FD masking (ALGORITHMS §1). Threat model [H §3]: the attacker holds the trained model
+    and masked data plus an auxiliary public face set, and simulates (masked, image) pairs on it."""
+
+    name = "ppfr_fd"
+    Options = PpfrOptions
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.masker = PpfrMasker(self.options)
+
+    def encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return self.masker(x, gen)
+
+    def view(self, r: Tensor) -> Tensor:
+        return self.masker.view(r)
