@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A tiny but complete configuration: every stage of the real pipeline, in seconds.
+TINY_SETTINGS = [
+    "data.image_size=32", "data.limit_identities=12", "data.split=[0.5,0.25,0.25]", "data.num_pairs=60",
+    "recognizer.widths=[8,8,16,16]", "recognizer.embedding_dim=16", "recognizer.epochs=2",
+    "recognizer.batch_size=16", "recognizer.milestones=[]", "recognizer.warmup_epochs=0",
+    "attacks.cgan.epochs=1", "attacks.cgan.ngf=8", "attacks.cgan.ndf=8", "attacks.cgan.batch_size=8",
+]
+
+
+@pytest.fixture
+def tiny_settings() -> list[str]:
+    return list(TINY_SETTINGS)

@@ -1,0 +1,141 @@
+"""End-to-end tests of `python -m bench` on a tiny slice of the embedded ORL faces."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY_SETTINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, results: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bench", *args[:1]]
+    if results is not None:  # the tiny settings first, so a test's own --set wins
+        cmd += ["--results", str(results), "--no-progress"]
+        for s in TINY_SETTINGS:
+            cmd += ["--set", s]
+    cmd += args[1:]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_lists_the_commands():
+    out = bench("--help").stdout
+    assert "run" in out and "list" in out and "report" in out
+    assert "--defenses" in bench("run", "--help").stdout
+
+
+def test_list_shows_every_registered_plugin():
+    out = bench("list").stdout
+    for name in ("none", "ppfr_fd", "cgan", "orl", "quick"):
+        assert name in out
+
+
+def test_unknown_plugin_lists_near_matches(tmp_path):
+    assert_one_line_error(bench("run", "--defenses", "ppfr_df", results=tmp_path), "ppfr_fd")
+    assert_one_line_error(bench("run", "--attacks", "cgn", results=tmp_path), "cgan")
+
+
+def test_invalid_option_value(tmp_path):
+    assert_one_line_error(bench("run", "--set", "defenses.ppfr_fd.mix_mode=zigzag", results=tmp_path),
+                          "mix_mode")
+    assert_one_line_error(bench("run", "--set", "recognizer.epochs=-1", results=tmp_path), "epochs")
+    assert_one_line_error(bench("run", "--seeds", "a,b", results=tmp_path), "--seeds")
+
+
+def test_missing_dataset_path(tmp_path):
+    proc = bench("run", "--dataset", "folder", "--data-root", str(tmp_path / "nowhere"), results=tmp_path)
+    assert_one_line_error(proc, "nowhere")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "faces"
+    for person in range(4):
+        (root / f"p{person}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (40, 40), color=person * 40 + i).save(root / f"p{person}" / f"{i}.png")
+    (root / "p2" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    proc = bench("run", "--dataset", "folder", "--data-root", str(root), results=tmp_path)
+    assert_one_line_error(proc, "broken.jpg")
+
+
+def test_report_on_a_missing_run_folder(tmp_path):
+    assert_one_line_error(bench("report", str(tmp_path / "no-run")), "does not exist")
+
+
+def _read_table(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "table2.csv")
+
+
+@pytest.mark.slow
+def test_run_writes_table_and_cells_and_reruns_from_the_store(tmp_path):
+    first = bench("run", results=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    table = _read_table(run_dir)
+    assert list(table["Method"]) == ["none", "ppfr_fd"]
+    for col in ("Score", "Score_pp", "Score_cls", "acc_orl", "S1", "S2", "S3", "S4", "SSIM", "PSNR",
+                "MSE", "SRRA"):
+        assert col in table.columns
+    cells = sorted(p.name for p in (run_dir / "cells").glob("*.json"))
+    assert cells == ["none__cgan__s0.json", "ppfr_fd__cgan__s0.json"]
+    record = json.loads((run_dir / "cells" / cells[1]).read_text())
+    assert 0.0 <= record["accuracy"]["orl"]["accuracy_mean"] <= 1.0
+    assert json.loads((run_dir / "config.json").read_text())["config"]["recognizer"]["epochs"] == 2
+
+    cache_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    second = bench("run", results=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "2 already measured" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == cache_files
+    pd.testing.assert_frame_equal(_read_table(run_dir), table)
+    assert second.stdout.splitlines()[1:4] == first.stdout.splitlines()[1:4]
+
+    rep = bench("report", str(run_dir))
+    assert rep.returncode == 0 and "ppfr_fd" in rep.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
+    cmd = [sys.executable, "-m", "bench", "run", "--results", str(tmp_path), "--no-progress"]
+    for s in TINY_SETTINGS:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    baseline_dir = tmp_path / "cache" / "baseline"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(baseline_dir.glob("*.pt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    assert any("baseline" in str(p) for p in finished), "the baseline stage never finished"
+    for path in finished:  # every file under its final name loads: no half-written artifact
+        import torch
+
+        torch.load(path, weights_only=False)
+
+    resumed = bench("run", results=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for path, mtime in finished.items():  # finished stages were reused, not recomputed
+        assert path.stat().st_mtime_ns == mtime
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(list((run_dir / "cells").glob("*.json"))) == 2
