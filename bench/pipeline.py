@@ -217,6 +217,7 @@ class Pipeline:
             "defense": cell.defense,
             "defense_options": self.defense_options(cell.defense),
             "protected": bool(getattr(DEFENSES.get(cell.defense).factory, "protected", True)),
+            "domain": getattr(DEFENSES.get(cell.defense).factory, "domain", "image"),
             "attack": cell.attack,
             "attack_options": self.attack_options(cell.attack),
             **{k: v for k, v in m.items() if k != "samples"},

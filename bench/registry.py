@@ -38,11 +38,14 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._entry_points_loaded = False
 
-    def register(self, name: str, **variant_options: Any) -> Callable[[Any], Any]:
-        """Decorator: register ``factory`` as ``name`` (or ``name.<k><v>`` for a variant)."""
+    def register(self, name: str, variant: str | None = None,
+                 **variant_options: Any) -> Callable[[Any], Any]:
+        """Decorator: register ``factory`` as ``name``, or a variant fixing some options:
+        ``name.<k><v>`` for ``register(name, k=v)``, ``name.<variant>`` when ``variant`` is given."""
 
         def decorator(factory: Any) -> Any:
-            full = name + "".join(f".{k}{v}" for k, v in variant_options.items())
+            suffix = "".join(f".{k}{v}" for k, v in variant_options.items())
+            full = f"{name}.{variant}" if variant else name + suffix
             if full in self._entries:
                 raise ValueError(f"{self.kind} {full!r} is registered twice")
             self._entries[full] = Entry(full, factory, dict(variant_options))

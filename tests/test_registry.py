@@ -16,7 +16,10 @@ def make() -> Registry:
             self.k, self.cap = k, cap
 
     @reg.register("mixup_fd")
+    @reg.register("mixup_fd", variant="strong", cap=0.9)
     class F:
+        def __init__(self, cap=0.65):
+            self.cap = cap
         pass
 
     return reg
@@ -24,9 +27,10 @@ def make() -> Registry:
 
 def test_variants_carry_their_options():
     reg = make()
-    assert reg.names() == ["masking_mixup.k2", "masking_mixup.k3", "mixup_fd"]
+    assert reg.names() == ["masking_mixup.k2", "masking_mixup.k3", "mixup_fd", "mixup_fd.strong"]
     obj = reg.create("masking_mixup.k3", cap=0.6)
     assert (obj.k, obj.cap) == (3, 0.6)
+    assert reg.create("mixup_fd.strong").cap == 0.9
 
 
 def test_wildcards_and_all():
@@ -34,6 +38,7 @@ def test_wildcards_and_all():
     assert reg.names("masking_*") == ["masking_mixup.k2", "masking_mixup.k3"]
     assert reg.expand("all") == reg.names()
     assert reg.expand("mixup_fd,masking_*") == ["mixup_fd", "masking_mixup.k2", "masking_mixup.k3"]
+    assert reg.expand("all") == reg.names()
 
 
 def test_unknown_name_lists_near_matches():
