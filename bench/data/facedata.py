@@ -101,36 +101,37 @@ def split_by_identity(
 
 
 def make_pairs(faces: FaceSet, num_pairs: int, seed: int, name: str = "test") -> VerificationSet:
-    """Balanced genuine/impostor pairs from one set (``num_pairs`` rounded down to a multiple of 10,
-    so the 10-fold protocol has equal folds). Pairs alternate genuine/impostor."""
+    """Balanced genuine/impostor pairs from one set, alternating genuine/impostor.
+
+    Genuine pairs are drawn without replacement from every same-identity pair; impostor pairs are
+    distinct random cross-identity draws. The count is ``num_pairs`` or what the set allows,
+    rounded down to a multiple of 10 so the 10-fold protocol has equal folds.
+    """
     gen = torch.Generator().manual_seed(seed)
     labels = faces.labels
-    by_id = {int(i): torch.nonzero(labels == i).flatten() for i in labels.unique()}
-    multi = [i for i, idx in by_id.items() if len(idx) >= 2]
-    if not multi or len(by_id) < 2:
-        raise DatasetError(f"{name}: need two identities and one with two images to make pairs")
-    genuine: list[tuple[int, int]] = []
+    genuine_all = []
+    for ident in labels.unique():
+        idx = torch.nonzero(labels == ident).flatten()
+        i, j = torch.triu_indices(len(idx), len(idx), offset=1)
+        genuine_all.append(torch.stack([idx[i], idx[j]], 1))
+    genuine_all = torch.cat(genuine_all)
+    n = len(labels)
+    n_impostor_max = (n * (n - 1)) // 2 - len(genuine_all)
+    n_each = min(num_pairs // 2, len(genuine_all), n_impostor_max)
+    n_each -= n_each % 5
+    if n_each < 5:
+        raise DatasetError(f"{name}: too few images or identities for 10 verification pairs; "
+                           "use more identities")
+    genuine = genuine_all[torch.randperm(len(genuine_all), generator=gen)[:n_each]]
+    seen: set[tuple[int, int]] = set()
     impostor: list[tuple[int, int]] = []
-    n_each = max(5, (num_pairs // 10) * 5)
-    ids = list(by_id)
-    attempts = 0
-    while (len(genuine) < n_each or len(impostor) < n_each) and attempts < 100 * n_each:
-        attempts += 1
-        if len(genuine) < n_each:
-            i = multi[int(torch.randint(len(multi), (1,), generator=gen))]
-            a, b = by_id[i][torch.randperm(len(by_id[i]), generator=gen)[:2]].tolist()
-            if (a, b) not in genuine and (b, a) not in genuine:
-                genuine.append((a, b))
-        if len(impostor) < n_each:
-            i, j = torch.randperm(len(ids), generator=gen)[:2].tolist()
-            a = by_id[ids[i]][int(torch.randint(len(by_id[ids[i]]), (1,), generator=gen))]
-            b = by_id[ids[j]][int(torch.randint(len(by_id[ids[j]]), (1,), generator=gen))]
-            impostor.append((int(a), int(b)))
-    n = min(len(genuine), len(impostor))
-    order: list[tuple[int, int]] = []
-    same: list[bool] = []
-    for g, im in zip(genuine[:n], impostor[:n]):
-        order += [g, im]
-        same += [True, False]
-    flat = torch.tensor([k for pair in order for k in pair])
-    return VerificationSet(name, faces.images[flat], torch.tensor(same))
+    while len(impostor) < n_each:
+        a, b = torch.randint(n, (2, 4 * n_each), generator=gen)
+        for x, y in zip(a.tolist(), b.tolist()):
+            key = (min(x, y), max(x, y))
+            if labels[x] != labels[y] and key not in seen and len(impostor) < n_each:
+                seen.add(key)
+                impostor.append(key)
+    pairs = torch.stack([genuine, torch.tensor(impostor)], 1)  # [n_each, 2 kinds, 2 images]
+    issame = torch.tensor([True, False]).repeat(n_each)
+    return VerificationSet(name, faces.images[pairs.flatten()], issame)
