@@ -85,7 +85,8 @@ def run_matrix(cfg: RunConfig, defenses: list[str], attacks: list[str], results_
     _wave("attacks", [(c,) for c in todo], cfg, store, jobs, progress, "measure")
 
     for cell in cells:
-        write_cell(run_dir, cell, pipe.cell_record(cell, run_id), pipe.measure(cell).get("samples"))
+        record = pipe.cell_record(cell, run_id)
+        write_cell(run_dir, cell, record, record.pop("samples", None))
     return run_dir
 
 

@@ -220,7 +220,7 @@ class Pipeline:
             "domain": getattr(DEFENSES.get(cell.defense).factory, "domain", "image"),
             "attack": cell.attack,
             "attack_options": self.attack_options(cell.attack),
-            **{k: v for k, v in m.items() if k != "samples"},
+            **m,
             "stage_keys": {"baseline": self.baseline_key(cell.seed),
                            "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),
                            "measure": self.measure_key(cell)},

@@ -1,8 +1,19 @@
-"""Tables derived from a run's cell JSONs — never written by training code.
+"""Tables, figures and the HTML report of a run, derived from its cell JSONs alone — never written
+by training code (ARCHITECTURE "Results are data").
 
-``table2.csv`` follows the hybrid paper's Table 2 (Score, Score_pp, Score_cls, accuracy per
-verification set) plus S1–S4, SSIM/PSNR/MSE and SRRA. Scores are min-max normalised over the
-*protected* defenses of the same attack (ALGORITHMS §8), so the unprotected row has none.
+Every table reports the mean over seeds and, in a ``<col>_std`` column next to the means, the
+sample standard deviation (ddof = 1; empty with a single seed: no spread was measured).
+
+- ``table2.csv``: `[H]` Table 2 (Score, Score_pp, Score_cls, accuracy per verification set) plus
+  S1–S4, SSIM/PSNR/MSE and SRRA. Scores are min-max normalised over the *protected* defenses of
+  the same attack (ALGORITHMS §8), computed from the seed means, so the unprotected row has none.
+- ``table1.csv``: `[H]` Table 1, MixUp / InstaHide accuracy in RGB vs the frequency domain.
+- ``table3.csv``: `[H]` Table 3, the share of each k chosen by each AdaMixUp variant.
+- ``advface_table1.csv`` / ``advface_table2.csv``: `[A]` Tables 1 and 2 for the feature-domain
+  defenses (reconstruction quality; accuracy).
+- ``table4.csv``: `[A]` Table 4, SSIM for AdvFace's shadow decoder × the attacker's decoder.
+
+A table is only written when the run has the cells it needs.
 """
 from __future__ import annotations
 
@@ -10,7 +21,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -18,57 +29,120 @@ from bench.errors import BenchError
 from bench.store import atomic_write_text
 
 PRIVACY_COLUMNS = ["S1", "S2", "S3", "S4", "SSIM", "PSNR", "MSE", "SRRA", "SRRA_far1e-3"]
+RECON_COLUMNS = ["SSIM", "PSNR", "MSE", "SRRA"]  # [A] Table 1
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _check_record(rec: Any) -> None:
+    """Raise ValueError unless ``rec`` has the shape every table relies on."""
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    for key in ("defense", "attack"):
+        if not isinstance(rec.get(key), str):
+            raise ValueError(f"no {key!r} name")
+    acc = rec.get("accuracy") or {}
+    if not isinstance(acc, dict) or not all(isinstance(v, dict) and "accuracy_mean" in v
+                                            for v in acc.values()):
+        raise ValueError("malformed 'accuracy'")
+    for key in ("privacy", "record", "defense_options", "attack_options"):
+        if not isinstance(rec.get(key) or {}, dict):
+            raise ValueError(f"malformed {key!r}")
+
+
+def load_cells_checked(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Readable cell records of a run, and the names of the damaged files that were skipped.
+
+    A corrupt or half-written JSON (a crash outside the atomic writer, a hand edit) is named in a
+    warning and left out, so the report of the other cells is still produced.
+    """
+    cells_dir = Path(run_dir) / "cells"
+    if not cells_dir.is_dir():
+        raise BenchError(f"{run_dir} has no cells/ folder; is it a run folder under results/runs/?")
+    records, skipped = [], []
+    for path in sorted(cells_dir.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            _check_record(rec)
+            rec.setdefault("_file", path.name)
+            records.append(rec)
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            warnings.warn(f"skipping damaged cell file {path.name}: {exc}")
+            skipped.append(path.name)
+    return records, skipped
 
 
 def load_cells(run_dir: Path) -> list[dict[str, Any]]:
     """Every readable cell record of a run; a damaged one is named in a warning and skipped."""
-    cells_dir = Path(run_dir) / "cells"
-    if not cells_dir.is_dir():
-        raise BenchError(f"{run_dir} has no cells/ folder; is it a run folder under results/runs/?")
-    records = []
-    for path in sorted(cells_dir.glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-            if not isinstance(rec, dict) or "defense" not in rec or "attack" not in rec:
-                raise ValueError("not a cell record")
-            records.append(rec)
-        except (ValueError, OSError) as exc:
-            warnings.warn(f"skipping damaged cell file {path.name}: {exc}")
-    return records
+    return load_cells_checked(run_dir)[0]
+
+
+def base_name(defense: str) -> str:
+    """``advface.eps0.1`` → ``advface`` (registry variants are ``<base>.<variant>``)."""
+    return defense.split(".")[0]
 
 
 def cells_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell: identifiers, accuracy per verification set, privacy metrics."""
+    """One row per cell: identifiers, accuracy (%) per verification set, privacy metrics."""
     rows = []
     for rec in records:
-        row: dict[str, Any] = {k: rec.get(k) for k in ("dataset", "defense", "attack", "seed", "status",
-                                                       "protected", "perceptual_metric")}
+        row: dict[str, Any] = {k: rec.get(k) for k in ("dataset", "preset", "defense", "attack", "seed",
+                                                       "status", "protected", "domain",
+                                                       "perceptual_metric", "run_id",
+                                                       "harness_version")}
         for vset, acc in (rec.get("accuracy") or {}).items():
             row[f"acc_{vset}"] = 100.0 * acc["accuracy_mean"]
-        row.update({k: (rec.get("privacy") or {}).get(k, math.nan) for k in PRIVACY_COLUMNS})
-        row["raw_pp"] = (rec.get("privacy") or {}).get("raw_pp", math.nan)
+        privacy = rec.get("privacy") or {}
+        row.update({k: _num(privacy.get(k)) for k in PRIVACY_COLUMNS + ["raw_pp"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _num(v: Any) -> float:
+    """A metric value as float; None (JSON null, e.g. NaN written by a strict encoder) → NaN."""
+    try:
+        return math.nan if v is None else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def acc_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("acc_") and not c.endswith("_std")]
+
+
+def mean_std(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
+    """Group by ``keys``: mean of ``cols``, their ``<col>_std`` (ddof 1) and ``n_seeds``."""
+    g = df.groupby(keys, sort=False, dropna=False)
+    mean = g[cols].mean()
+    std = g[cols].std(ddof=1)  # NaN with one seed: a spread of 0 would claim a precision we lack
+    std.columns = [f"{c}_std" for c in cols]
+    return pd.concat([mean, std, g.size().rename("n_seeds")], axis=1).reset_index()
+
+
+def per_defense_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (defense, seed): accuracy does not depend on the attack, so each attack's cell
+    repeats it; counting it once per attack would weight defenses by their number of attacks."""
+    return df.drop_duplicates(subset=["dataset", "defense", "seed"], keep="first")
+
+
+# -- [H] tables -----------------------------------------------------------------------------------
 def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """[H] Table 2 layout, one row per (defense, attack), means over seeds."""
+    """[H] Table 2 layout, one row per (defense, attack): means over seeds, then ``_std`` columns."""
     from metrics.scores import score, score_cls, score_pp
 
     df = cells_frame(records)
     if df.empty:
         return df
-    acc_cols = [c for c in df.columns if c.startswith("acc_")]
+    acc_cols = acc_columns(df)
     num_cols = acc_cols + PRIVACY_COLUMNS + ["raw_pp"]
-    grouped = (df.groupby(["defense", "attack"], sort=False)
-                 .agg({**{c: "mean" for c in num_cols}, "protected": "first",
-                       "perceptual_metric": "first", "seed": "count"})
-                 .rename(columns={"seed": "n_seeds"}).reset_index())
+    grouped = mean_std(df, ["defense", "attack"], num_cols)
+    firsts = df.groupby(["defense", "attack"], sort=False).agg(
+        {"protected": "first", "perceptual_metric": "first"}).reset_index()
+    grouped = grouped.merge(firsts, on=["defense", "attack"], how="left")
     first_acc = acc_cols[0] if acc_cols else None
     parts = []
     for _, sub in grouped.groupby("attack", sort=False):
         sub = sub.copy()
-        prot = sub[sub["protected"].astype(bool)]
+        prot = sub[sub["protected"].fillna(True).astype(bool)]
         cls = score_cls(dict(zip(prot["defense"], prot[first_acc]))) if first_acc else {}
         pp = score_pp(dict(zip(prot["defense"], prot["raw_pp"])))
         sub["Score_cls"] = sub["defense"].map(cls)
@@ -76,28 +150,203 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
         sub["Score"] = [score(p, c) for p, c in zip(sub["Score_pp"], sub["Score_cls"])]
         parts.append(sub)
     out = pd.concat(parts)
-    cols = (["defense", "attack", "Score", "Score_pp", "Score_cls"] + acc_cols + PRIVACY_COLUMNS
-            + ["raw_pp", "perceptual_metric", "n_seeds"])
-    return out[cols].rename(columns={"defense": "Method", "attack": "Attack"})
+    cols = (["defense", "attack", "Score", "Score_pp", "Score_cls"] + num_cols
+            + [f"{c}_std" for c in num_cols] + ["perceptual_metric", "n_seeds"])
+    return out[cols].rename(columns={"defense": "Method", "attack": "Attack"}).reset_index(drop=True)
 
 
+TABLE1_BASES = {"mixup_rgb": ("MixUp", "RGB"), "mixup_fd": ("MixUp", "FD"),
+                "instahide_rgb": ("InstaHide", "RGB"), "instahide_fd": ("InstaHide", "FD")}
+
+
+def table1(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """[H] Table 1: accuracy (%) of MixUp and InstaHide mixing pixels (RGB) vs BDCT maps (FD).
+
+    One row per (method, verification set); a variant (``mixup_fd.k3``) is its own method, paired
+    with the RGB variant of the same suffix.
+    """
+    df = cells_frame(records)
+    if df.empty:
+        return pd.DataFrame()
+    df = per_defense_seed(df[df["defense"].map(lambda d: base_name(d) in TABLE1_BASES)])
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, r in df.iterrows():
+        family, domain = TABLE1_BASES[base_name(r["defense"])]
+        variant = r["defense"].partition(".")[2]
+        method = f"{family} ({variant})" if variant else family
+        for col in acc_columns(df):
+            if not math.isnan(r[col]):
+                rows.append({"Method": method, "verification_set": col[4:], "domain": domain,
+                             "seed": r["seed"], "acc": r[col]})
+    long = pd.DataFrame(rows)
+    if long.empty:
+        return long
+    agg = mean_std(long, ["Method", "verification_set", "domain"], ["acc"])
+    wide = agg.set_index(["Method", "verification_set", "domain"]).unstack("domain")
+    out = pd.DataFrame(index=wide.index)
+    for domain in ("RGB", "FD"):
+        for stat, suffix in (("acc", ""), ("acc_std", "_std"), ("n_seeds", "_n_seeds")):
+            out[f"{domain}{suffix}"] = wide[(stat, domain)] if (stat, domain) in wide else math.nan
+    for domain in ("RGB", "FD"):  # a missing side has no seeds, not NaN seeds
+        out[f"{domain}_n_seeds"] = out[f"{domain}_n_seeds"].fillna(0).astype(int)
+    return out.reset_index()
+
+
+def table3(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """[H] Table 3: share of each k drawn by each AdaMixUp variant (``record.k_share``)."""
+    rows = []
+    seen = set()
+    for rec in records:
+        shares = (rec.get("record") or {}).get("k_share")
+        key = (rec.get("dataset"), rec["defense"], rec.get("seed"))
+        if not isinstance(shares, dict) or not shares or key in seen:
+            continue
+        seen.add(key)
+        row = {"Method": rec["defense"], "seed": rec.get("seed")}
+        row.update({f"k={int(k)}": _num(v) for k, v in shares.items()})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    ks = sorted((c for c in df.columns if c.startswith("k=")), key=lambda c: int(c[2:]))
+    # within a variant's own k set, a k missing from one seed's record was never drawn: share 0;
+    # outside it (k = 6 for AdaMixUp 2–4) the share is not applicable and stays empty
+    for method, idx in df.groupby("Method").groups.items():
+        own = [k for k in ks if df.loc[idx, k].notna().any()]
+        df.loc[idx, own] = df.loc[idx, own].fillna(0.0)
+    out = mean_std(df, ["Method"], ks)
+    return out[["Method"] + ks + [f"{k}_std" for k in ks] + ["n_seeds"]]
+
+
+# -- [A] tables -----------------------------------------------------------------------------------
+def _feature_cells(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["domain"] == "feature"] if "domain" in df else df.iloc[0:0]
+
+
+def advface_table1(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """[A] Table 1: SSIM / PSNR / MSE / SRRA of the reconstructions of each feature-domain defense,
+    one column group per dataset; for the ResRec attacker when the run has it (as the paper),
+    else one row per (defense, attack)."""
+    df = _feature_cells(cells_frame(records))
+    if df.empty:
+        return pd.DataFrame()
+    df = df[df["status"].fillna("ok") == "ok"]
+    if (df["attack"] == "resrec").any():
+        df = df[df["attack"] == "resrec"]
+    if df.empty:
+        return pd.DataFrame()
+    agg = mean_std(df, ["defense", "attack", "dataset"], RECON_COLUMNS)
+    out = None
+    for dataset, sub in agg.groupby("dataset", sort=False):
+        cols = RECON_COLUMNS + [f"{c}_std" for c in RECON_COLUMNS] + ["n_seeds"]
+        sub = sub.set_index(["defense", "attack"])[cols]
+        sub.columns = [f"{dataset}_{c}" for c in cols]
+        out = sub if out is None else out.join(sub, how="outer")
+    return out.reset_index().rename(columns={"defense": "Method", "attack": "Attack"})
+
+
+def advface_table2(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """[A] Table 2: verification accuracy (%) of each feature-domain defense (advface online and
+    ``advface.offline`` included), one column per verification set."""
+    df = _feature_cells(cells_frame(records))
+    if df.empty:
+        return pd.DataFrame()
+    df = per_defense_seed(df)
+    cols = [c for c in acc_columns(df) if df[c].notna().any()]
+    if not cols:
+        return pd.DataFrame()
+    out = mean_std(df, ["defense"], cols)
+    return out[["defense"] + cols + [f"{c}_std" for c in cols] + ["n_seeds"]].rename(
+        columns={"defense": "Method"})
+
+
+def table4(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """[A] Table 4: SSIM of the reconstruction for AdvFace's shadow decoder (rows, from
+    ``defense_options.shadow``) × the attacker's decoder (columns)."""
+    rows = [{"defense": r["defense"], "shadow": str(r["defense_options"]["shadow"]),
+             "attack": r["attack"], "seed": r.get("seed"),
+             "SSIM": _num((r.get("privacy") or {}).get("SSIM"))}
+            for r in records
+            if base_name(r["defense"]) == "advface" and "shadow" in (r.get("defense_options") or {})
+            and r.get("status", "ok") == "ok"]
+    if not rows:
+        return pd.DataFrame()
+    agg = mean_std(pd.DataFrame(rows), ["shadow", "defense", "attack"], ["SSIM"])
+    wide = agg.set_index(["shadow", "defense", "attack"])[["SSIM", "SSIM_std"]].unstack("attack")
+    attacks = list(dict.fromkeys(agg["attack"]))
+    out = pd.DataFrame(index=wide.index)
+    for a in attacks:
+        out[a] = wide[("SSIM", a)]
+    for a in attacks:
+        out[f"{a}_std"] = wide[("SSIM_std", a)]
+    out["n_seeds"] = agg.groupby(["shadow", "defense"], sort=False)["n_seeds"].max()
+    return out.sort_index().reset_index()
+
+
+#: file stem → builder; build_report writes each non-empty one as ``<stem>.csv``.
+TABLES: dict[str, Callable[[list[dict[str, Any]]], pd.DataFrame]] = {
+    "table2": table2, "table1": table1, "table3": table3,
+    "advface_table1": advface_table1, "advface_table2": advface_table2, "table4": table4,
+}
+
+TABLE_TITLES = {
+    "table2": "[H] Table 2 — privacy and utility per defense × attack",
+    "table1": "[H] Table 1 — MixUp / InstaHide accuracy (%), RGB vs frequency domain",
+    "table3": "[H] Table 3 — share of each k chosen by AdaMixUp",
+    "advface_table1": "[A] Table 1 — reconstruction of feature-domain defenses",
+    "advface_table2": "[A] Table 2 — accuracy (%) of feature-domain defenses",
+    "table4": "[A] Table 4 — SSIM, AdvFace shadow decoder × attacker decoder",
+}
+
+
+def all_tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Every table the records support, in reading order; empty ones are left out."""
+    return {name: df for name, fn in TABLES.items() if not (df := fn(records)).empty}
+
+
+# -- writing --------------------------------------------------------------------------------------
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.4f"))
 
 
-def build_report(run_dir: Path) -> dict[str, Path]:
-    """(Re)generate every table of a run from its cell JSONs; returns what was written."""
+def build_report(run_dir: Path, figures: bool = True, html: bool = True) -> dict[str, Path]:
+    """(Re)generate every table, figure and ``report.html`` of a run from its cell JSONs.
+
+    Returns ``{name: path}`` of what was written, tables first. Stale tables or figures of a
+    previous report whose cells are gone are removed, so the folder never shows numbers the
+    records no longer support.
+    """
     run_dir = Path(run_dir)
-    records = load_cells(run_dir)
+    records, skipped = load_cells_checked(run_dir)
     if not records:
         raise BenchError(f"{run_dir} has no readable cell records; run `python -m bench run` first")
-    out = {"table2": run_dir / "table2.csv"}
-    write_csv(table2(records), out["table2"])
+    tables = all_tables(records)
+    out: dict[str, Path] = {}
+    for name in TABLES:
+        path = run_dir / f"{name}.csv"
+        if name in tables:
+            write_csv(tables[name], path)
+            out[name] = path
+        elif name != "table2":
+            path.unlink(missing_ok=True)
+    figs: dict[str, Path] = {}
+    if figures:
+        from bench.figures import draw_all
+
+        figs = draw_all(run_dir, records)
+        out.update(figs)
+    if html:
+        from bench.html_report import write_html
+
+        out["report_html"] = write_html(run_dir, tables, figs, skipped)
     return out
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """A compact console rendering of a table."""
+    """A compact console rendering of a table (means only; the CSV has the spreads)."""
+    drop = [c for c in df.columns if c in ("perceptual_metric", "n_seeds") or c.endswith("_std")]
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.3f}".format):
-        return df.drop(columns=[c for c in ("perceptual_metric", "n_seeds") if c in df]).to_string(index=False)
+        return df.drop(columns=drop).to_string(index=False)
