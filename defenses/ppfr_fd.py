@@ -23,8 +23,7 @@ PERM_MODES = ("per_sample", "fixed_key")
 
 def self_normalise(c: Tensor, eps: float = 1e-5) -> Tensor:
     """Per sample and channel, over space: ``(c − mean) / (std + eps)`` [ASSUMP]."""
-    mean = c.mean(dim=(2, 3), keepdim=True)
-    std = c.std(dim=(2, 3), keepdim=True, unbiased=False)
+    std, mean = torch.std_mean(c, dim=(2, 3), keepdim=True, correction=0)
     return (c - mean) / (std + eps)
 
 
