@@ -9,6 +9,7 @@ then renamed over the final name, so a reader sees a finished file or none.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -60,18 +61,9 @@ class ArtifactStore:
         return self.path(stage, key).is_file()
 
     def save(self, stage: str, key: str, obj: Any) -> None:
-        path = self.path(stage, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write_bytes(self.path(stage, key), buf.getvalue())
 
     def load(self, stage: str, key: str) -> Any:
         return torch.load(self.path(stage, key), map_location="cpu", weights_only=False)
