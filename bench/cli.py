@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report}``.
+"""Command line: ``python -m bench {run,list,report,leaderboard,compare}``.
 
 User mistakes (``BenchError``) print one line and exit with code 2, never a traceback.
 """
@@ -16,7 +16,9 @@ EPILOG = """examples:
   python -m bench run --defenses 'masking_*,none' --attacks cgan --seeds 0,1,2
   python -m bench run --set recognizer.epochs=5 --set attacks.cgan.epochs=2
   python -m bench list
-  python -m bench report results/runs/<run-id>
+  python -m bench report results/runs/<run-id>          # tables, figures, report.html
+  python -m bench leaderboard                           # rebuild results/leaderboard.csv
+  python -m bench compare results/runs/A results/runs/B --fail-on-regression
 """
 
 
@@ -44,11 +46,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default="results", help="results folder (runs/ and cache/ go here)")
     run.add_argument("--run-id", default=None, help="run folder name (default: derived from the config)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--evaluator", default=None, choices=["none", "dlib"],
+                     help="independent identity evaluator (dlib needs: pip install 'faceprivbench[dlib]')")
 
     sub.add_parser("list", help="list registered defenses, attacks, datasets and presets")
 
-    rep = sub.add_parser("report", help="regenerate a run's tables from its cell JSONs")
+    rep = sub.add_parser("report", help="regenerate a run's tables, figures and report.html "
+                                        "from its cell JSONs")
     rep.add_argument("run_dir", help="a folder under results/runs/")
+
+    lb = sub.add_parser("leaderboard", help="rebuild <results>/leaderboard.csv from every run "
+                                            "under <results>/runs",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    lb.add_argument("--results", default="results", help="results folder holding runs/")
+    lb.add_argument("--output", default=None, help="where to write (default: <results>/leaderboard.csv)")
+
+    cmp = sub.add_parser("compare", help="differences of every setting and metric between two runs",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Prints B − A per defense × attack × metric; '!' marks a change "
+                                     "beyond 2× the seed std (any change with one seed), '▼' a change "
+                                     "that is worse for the defender (see bench/compare.py).")
+    cmp.add_argument("run_a", help="run folder or run id (the reference)")
+    cmp.add_argument("run_b", help="run folder or run id (the candidate)")
+    cmp.add_argument("--results", default="results", help="where run ids are looked up (runs/<id>)")
+    cmp.add_argument("--all", action="store_true", help="also list unchanged metrics")
+    cmp.add_argument("--fail-on-regression", action="store_true",
+                     help="exit 1 if an accuracy drops or a privacy metric gets worse beyond the "
+                          "seed spread (for CI)")
     return p
 
 
@@ -80,6 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["seeds"] = _seeds(args.seeds)
     if args.device:
         extra["device"] = args.device
+    if args.evaluator:
+        extra["metrics"] = {"evaluator": args.evaluator}
+        if args.evaluator == "dlib":
+            from metrics.dlib_evaluator import require_dlib
+
+            require_dlib()  # fail before any training when the extra is missing
     cfg = resolve(args.preset, args.set, extra)
     DATASETS.get(cfg.data.name)
     defenses, attacks = DEFENSES.expand(args.defenses), ATTACKS.expand(args.attacks)
@@ -94,7 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     metric = load_cells(run_dir)[0].get("perceptual_metric")
     if metric and metric != "lpips":
         print(f"note: S1/S3 use {metric}; set metrics.lpips_weights to the AlexNet weights for LPIPS")
-    print(f"wrote {written['table2']} and {run_dir / 'cells'}")
+    print(f"wrote {written['table2']}, {written.get('report_html', 'no report.html')} and "
+          f"{run_dir / 'cells'}")
     return 0
 
 
@@ -126,16 +157,34 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise BenchError(f"run folder {run_dir} does not exist; see results/runs/")
     written = build_report(run_dir)
     print(format_table(table2(load_cells(run_dir))))
-    for path in written.values():
-        print(f"wrote {path}")
+    for name, path in written.items():
+        print(f"wrote {name:20s} {path}")
     return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import write_leaderboard
+
+    path, table = write_leaderboard(Path(args.results), Path(args.output) if args.output else None)
+    print(f"wrote {path}: {len(table)} rows from {table['runs'].str.split(';').explode().nunique()} run(s)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare_runs, format_comparison, resolve_run
+
+    a, b = resolve_run(args.run_a, Path(args.results)), resolve_run(args.run_b, Path(args.results))
+    comp = compare_runs(a, b)
+    print(format_comparison(comp, show_all=args.all))
+    return 1 if args.fail_on_regression and not comp.regressions.empty else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("default")
     try:
-        return {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "report": cmd_report,
+                "leaderboard": cmd_leaderboard, "compare": cmd_compare}[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -261,6 +261,12 @@ def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
         "MSE": float(mse(orig, rec).mean()),
         "SRRA": srra(e_rec, e_orig, base["tau"]), "SRRA_far1e-3": srra(e_rec, e_orig, base["tau_far"]),
     }
+    if cfg.metrics.evaluator == "dlib":  # independent pretrained embedder (optional extra)
+        from metrics.dlib_evaluator import independent_scores
+
+        dlib_scores = independent_scores(orig, rec)
+        out["privacy"]["dlib_similarity"] = dlib_scores["similarity"]
+        out["privacy"]["dlib_SRRA"] = dlib_scores["SRRA"]
     out["n_test"] = len(orig)
     to8 = lambda t: (t[:N_SAMPLES].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
     out["samples"] = {"original": to8(orig), "reconstruction": to8(rec),

@@ -10,7 +10,7 @@ sample standard deviation (ddof = 1; empty with a single seed: no spread was mea
 - ``table1.csv``: `[H]` Table 1, MixUp / InstaHide accuracy in RGB vs the frequency domain.
 - ``table3.csv``: `[H]` Table 3, the share of each k chosen by each AdaMixUp variant.
 - ``advface_table1.csv`` / ``advface_table2.csv``: `[A]` Tables 1 and 2 for the feature-domain
-  defenses (reconstruction quality; accuracy).
+  defenses and DuetFace (reconstruction quality; accuracy).
 - ``table4.csv``: `[A]` Table 4, SSIM for AdvFace's shadow decoder × the attacker's decoder.
 
 A table is only written when the run has the cells it needs.
@@ -68,6 +68,8 @@ def load_cells_checked(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             warnings.warn(f"skipping damaged cell file {path.name}: {exc}")
             skipped.append(path.name)
+    # by name, not file name: "advface" before "advface.eps0.1" ('.' sorts before '_')
+    records.sort(key=lambda r: (r["defense"], r["attack"], str(r.get("seed"))))
     return records, skipped
 
 
@@ -194,35 +196,57 @@ def table1(records: list[dict[str, Any]]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def own_k_values(rec: dict[str, Any]) -> list[int]:
+    """The k an AdaMixUp variant may choose: ``record.k_values`` (or the option of that name),
+    else the k its ``record.k_share`` mentions."""
+    r = rec.get("record") or {}
+    ks = r.get("k_values") or (rec.get("defense_options") or {}).get("k_values") or r.get("k_share") or []
+    try:
+        return sorted({int(k) for k in ks})
+    except (TypeError, ValueError):
+        return []
+
+
 def table3(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """[H] Table 3: share of each k drawn by each AdaMixUp variant (``record.k_share``)."""
+    """[H] Table 3: share of each k drawn by each AdaMixUp variant (``record.k_share``).
+
+    Only AdaMixUp: fixed-k mixing defenses record a k_share too (all mass on their k), which says
+    nothing about a policy.
+    """
     rows = []
     seen = set()
     for rec in records:
         shares = (rec.get("record") or {}).get("k_share")
         key = (rec.get("dataset"), rec["defense"], rec.get("seed"))
-        if not isinstance(shares, dict) or not shares or key in seen:
+        if (base_name(rec["defense"]) != "adamixup" or not isinstance(shares, dict) or not shares
+                or key in seen):
             continue
         seen.add(key)
         row = {"Method": rec["defense"], "seed": rec.get("seed")}
+        # within the variant's own k set a k it never drew has share 0; outside it (k = 6 for
+        # AdaMixUp 2–4) the share is not applicable and stays empty
+        row.update({f"k={k}": 0.0 for k in own_k_values(rec)})
         row.update({f"k={int(k)}": _num(v) for k, v in shares.items()})
         rows.append(row)
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     ks = sorted((c for c in df.columns if c.startswith("k=")), key=lambda c: int(c[2:]))
-    # within a variant's own k set, a k missing from one seed's record was never drawn: share 0;
-    # outside it (k = 6 for AdaMixUp 2–4) the share is not applicable and stays empty
-    for method, idx in df.groupby("Method").groups.items():
-        own = [k for k in ks if df.loc[idx, k].notna().any()]
-        df.loc[idx, own] = df.loc[idx, own].fillna(0.0)
     out = mean_std(df, ["Method"], ks)
     return out[["Method"] + ks + [f"{k}_std" for k in ks] + ["n_seeds"]]
 
 
 # -- [A] tables -----------------------------------------------------------------------------------
+#: compared in [A]'s tables although they publish frequency channels rather than feature maps
+ADVFACE_BASELINES = {"duetface"}
+
+
 def _feature_cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["domain"] == "feature"] if "domain" in df else df.iloc[0:0]
+    """Cells of the defenses [A]'s tables compare: feature-domain ones, plus DuetFace."""
+    if df.empty:
+        return df
+    keep = (df["domain"] == "feature") if "domain" in df else pd.Series(False, index=df.index)
+    return df[keep | df["defense"].map(lambda d: base_name(d) in ADVFACE_BASELINES)]
 
 
 def advface_table1(records: list[dict[str, Any]]) -> pd.DataFrame:

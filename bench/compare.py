@@ -1,0 +1,246 @@
+"""``bench compare RUN_A RUN_B``: what changed between two runs, and whether it matters.
+
+Two kinds of differences are reported:
+
+1. **Settings**: the resolved configs (``config.json``, flattened to dotted keys), each defense's
+   and attack's options as recorded in its cells, the harness version, cells present in one run
+   only, and cells whose status changed (``ok`` ↔ ``n/a``).
+2. **Metrics**, per defense × attack × metric, as B − A of the means over seeds. Accuracy does not
+   depend on the attack, so it is compared once per defense (attack shown as ``*``).
+
+Rule for "beyond the seed spread" (the ``flag`` column):
+
+- ``spread`` = the larger of the two runs' seed standard deviations, counting only runs with at
+  least two seeds for that metric;
+- a change is *flagged* when ``|Δ| > 2 · spread``; when neither run has two seeds (no spread was
+  measured), or the spread is 0, any change larger than float noise (``1e-9 · max(1, |A|, |B|)``) is
+  flagged — with one seed we cannot tell noise from effect, so we say so rather than hide it;
+- a metric that is a number in one run and missing/NaN in the other is flagged.
+
+Direction (what "worse" means): utility — every ``acc_<set>`` — is better higher. Privacy is
+better when the attacker does worse: S1–S4, raw_pp and MSE better higher; SSIM, PSNR, SRRA and
+SRRA_far1e-3 better lower. A *regression* is a flagged change in the worse direction, except the
+privacy metrics of unprotected defenses (``protected: false``, e.g. ``none``): there a "worse"
+number means a stronger attacker, which is the attack's business, not a defense regression (still
+listed and flagged). ``--fail-on-regression`` exits 1 when there is a regression.
+
+Rows are sorted flagged first, then by relative size ``|Δ| / max(|A|, |B|)`` so that PSNR's
+decibels and SSIM's unit interval rank on one scale.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report import PRIVACY_COLUMNS, acc_columns, cells_frame, load_cells, per_defense_seed
+
+#: +1: higher is better, −1: lower is better (for the defender)
+PRIVACY_DIRECTION = {"S1": 1, "S2": 1, "S3": 1, "S4": 1, "raw_pp": 1, "MSE": 1,
+                     "SSIM": -1, "PSNR": -1, "SRRA": -1, "SRRA_far1e-3": -1}
+SPREAD_FACTOR = 2.0
+NOISE = 1e-9
+
+
+def direction(metric: str) -> tuple[str, int]:
+    """(``"utility"`` or ``"privacy"``, +1 if higher is better else −1)."""
+    if metric.startswith("acc_"):
+        return "utility", 1
+    if metric in PRIVACY_DIRECTION:
+        return "privacy", PRIVACY_DIRECTION[metric]
+    raise KeyError(metric)
+
+
+@dataclass
+class Comparison:
+    """The differences between two runs; ``metrics`` has one row per compared metric."""
+
+    run_a: str
+    run_b: str
+    settings: list[tuple[str, Any, Any]] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def changed(self) -> pd.DataFrame:
+        return self.metrics[self.metrics["changed"]] if not self.metrics.empty else self.metrics
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.metrics[self.metrics["regression"]] if not self.metrics.empty else self.metrics
+
+    @property
+    def identical(self) -> bool:
+        return not self.settings and not self.only_a and not self.only_b and self.changed.empty
+
+
+def resolve_run(name: str, results_dir: Path = Path("results")) -> Path:
+    """A run folder from a path or a run id under ``results_dir/runs``."""
+    for cand in (Path(name), Path(results_dir) / "runs" / name):
+        if (cand / "cells").is_dir():
+            return cand
+    raise BenchError(f"run {name!r} not found: give a run folder (with cells/) or a run id under "
+                     f"{Path(results_dir) / 'runs'}")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    cfg.pop("run_id", None)  # differs by construction; not a setting
+    return _flatten(cfg)
+
+
+def _per_plugin(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flattened options of each defense/attack, status of each cell, harness version."""
+    out: dict[str, Any] = {}
+    for r in records:
+        for k, v in _flatten(r.get("defense_options") or {}).items():
+            out[f"defense_options[{r['defense']}].{k}"] = v
+        for k, v in _flatten(r.get("attack_options") or {}).items():
+            out[f"attack_options[{r['attack']}].{k}"] = v
+        out[f"status[{r['defense']} × {r['attack']}]"] = r.get("status", "ok")
+        out["harness_version"] = r.get("harness_version")
+    return out
+
+
+def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Long table: defense, attack, metric, mean, std (NaN under two seeds), n."""
+    df = cells_frame(records)
+    if df.empty:
+        return pd.DataFrame(columns=["defense", "attack", "metric", "mean", "std", "n"])
+    acc = per_defense_seed(df).assign(attack="*")
+    parts = [acc.melt(id_vars=["defense", "attack", "seed"], value_vars=acc_columns(df),
+                      var_name="metric")]
+    ok = df[df["status"].fillna("ok") == "ok"]
+    parts.append(ok.melt(id_vars=["defense", "attack", "seed"],
+                         value_vars=PRIVACY_COLUMNS + ["raw_pp"], var_name="metric"))
+    long = pd.concat(parts, ignore_index=True)
+    g = long.groupby(["defense", "attack", "metric"], sort=False)["value"]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+
+
+def _flag(a: float, b: float, sa: float, sb: float) -> tuple[bool, bool, float]:
+    """(changed, beyond spread, spread) under the module's rule."""
+    if math.isnan(a) and math.isnan(b):
+        return False, False, math.nan
+    if math.isnan(a) or math.isnan(b):
+        return True, True, math.nan
+    delta = abs(b - a)
+    changed = delta > NOISE * max(1.0, abs(a), abs(b))
+    stds = [s for s in (sa, sb) if not math.isnan(s)]
+    spread = max(stds) if stds else math.nan
+    if not stds or spread == 0.0:
+        return changed, changed, spread
+    return changed, changed and delta > SPREAD_FACTOR * spread, spread
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal settings; 1 == 1.0, and NaN equals NaN (an unset float option is not a change)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def compare_runs(run_a: Path, run_b: Path) -> Comparison:
+    """Every setting and metric difference between two run folders."""
+    rec_a, rec_b = load_cells(run_a), load_cells(run_b)
+    comp = Comparison(str(run_a), str(run_b))
+    sa = {**_config(Path(run_a)), **_per_plugin(rec_a)}
+    sb = {**_config(Path(run_b)), **_per_plugin(rec_b)}
+    cells_a = {f"{r['defense']} × {r['attack']}" for r in rec_a}
+    cells_b = {f"{r['defense']} × {r['attack']}" for r in rec_b}
+    comp.only_a, comp.only_b = sorted(cells_a - cells_b), sorted(cells_b - cells_a)
+    for key in sorted(set(sa) | set(sb)):
+        if key.startswith("status[") and (key[7:-1] not in cells_a or key[7:-1] not in cells_b):
+            continue  # already listed as a cell in one run only
+        va, vb = sa.get(key, "—"), sb.get(key, "—")
+        if not _same(va, vb):
+            comp.settings.append((key, va, vb))
+
+    st = _stats(rec_a).merge(_stats(rec_b), on=["defense", "attack", "metric"], how="inner",
+                             suffixes=("_a", "_b"))
+    protected = {r["defense"]: bool(r.get("protected", True)) for r in rec_a + rec_b}
+    rows = []
+    for r in st.itertuples(index=False):
+        kind, sign = direction(r.metric)
+        changed, flagged, spread = _flag(r.mean_a, r.mean_b, r.std_a, r.std_b)
+        delta = r.mean_b - r.mean_a
+        worse = changed and not math.isnan(delta) and sign * delta < 0
+        counts = kind == "utility" or protected.get(r.defense, True)
+        scale = max(abs(r.mean_a), abs(r.mean_b)) if not math.isnan(delta) else math.nan
+        rows.append({"defense": r.defense, "attack": r.attack, "metric": r.metric, "kind": kind,
+                     "mean_a": r.mean_a, "std_a": r.std_a, "n_a": r.n_a,
+                     "mean_b": r.mean_b, "std_b": r.std_b, "n_b": r.n_b, "delta": delta,
+                     "rel": abs(delta) / scale if scale else (0.0 if delta == 0 else math.inf),
+                     "spread": spread, "changed": changed, "flagged": flagged,
+                     "worse": worse, "regression": flagged and worse and counts})
+    m = pd.DataFrame(rows)
+    if not m.empty:
+        m["_nan"] = m["rel"].isna()  # appeared / vanished metrics first among the flagged
+        m = (m.sort_values(["flagged", "_nan", "rel"], ascending=[False, False, False],
+                           kind="stable").drop(columns="_nan").reset_index(drop=True))
+    comp.metrics = m
+    return comp
+
+
+def _num(v: float, digits: int = 4) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    spread = "" if math.isnan(std) else f" ±{_num(std, 2)}"
+    return f"{_num(mean)}{spread} (n={n})"
+
+
+def format_comparison(comp: Comparison, show_all: bool = False) -> str:
+    """Human-readable report; unchanged metrics are only counted unless ``show_all``."""
+    lines = [f"A: {comp.run_a}", f"B: {comp.run_b}"]
+    if comp.identical:
+        lines.append("no differences: same settings, same cells, every metric equal")
+        return "\n".join(lines)
+    if comp.settings:
+        lines.append(f"\nsettings that differ ({len(comp.settings)}):")
+        lines += [f"  {k}: {a!r} → {b!r}" for k, a, b in comp.settings]
+    for label, cells in (("only in A", comp.only_a), ("only in B", comp.only_b)):
+        if cells:
+            lines.append(f"\ncells {label}: " + ", ".join(cells))
+    m = comp.metrics
+    shown = m if show_all else comp.changed
+    if not shown.empty:
+        lines.append("\nmetric differences (B − A; ! = beyond 2×seed spread, or any change with "
+                     "one seed; ▼ = worse for the defender; * = counts as a regression):")
+        table = pd.DataFrame({
+            "defense": shown["defense"], "attack": shown["attack"], "metric": shown["metric"],
+            "A": [_cell(a, s, n) for a, s, n in zip(shown["mean_a"], shown["std_a"], shown["n_a"])],
+            "B": [_cell(b, s, n) for b, s, n in zip(shown["mean_b"], shown["std_b"], shown["n_b"])],
+            "Δ": [_num(d) for d in shown["delta"]],
+            "rel": ["" if math.isnan(x) or math.isinf(x) else f"{100 * x:.1f}%" for x in shown["rel"]],
+            "": [("!" if f else " ") + ("▼" if w else " ") + ("*" if r else " ") for f, w, r in
+                 zip(shown["flagged"], shown["worse"], shown["regression"])],
+        })
+        lines.append(table.to_string(index=False))
+    unchanged = len(m) - len(comp.changed) if not m.empty else 0
+    reg = comp.regressions
+    lines.append(f"\n{len(comp.changed)} metric(s) changed ({int(m['flagged'].sum()) if not m.empty else 0}"
+                 f" beyond the seed spread), {unchanged} unchanged; {len(reg)} regression(s)")
+    for r in reg.itertuples(index=False):
+        lines.append(f"  regression: {r.defense} × {r.attack} {r.metric} ({r.kind}) "
+                     f"{_num(r.mean_a)} → {_num(r.mean_b)}")
+    return "\n".join(lines)

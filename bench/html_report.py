@@ -1,0 +1,141 @@
+"""``report.html``: one self-contained file with a run's tables, figures and resolved config.
+
+Figures are embedded as base64 ``data:`` URIs and the style sheet is inline, so the file opens in
+any browser from disk, with no server and no network, and can be mailed or attached to a CI job
+as it is. No scripts: nothing in it executes.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.store import atomic_write_text
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;
+     max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555} .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.6em 1em;margin:1em 0}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
+th{background:#f4f6f8;position:sticky;top:0} td.key{text-align:left;font-weight:600}
+tr:nth-child(even) td{background:#fafbfc} .scroll{overflow-x:auto}
+figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:13px} pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
+"""
+
+KEY_COLUMNS = {"Method", "Attack", "verification_set", "shadow", "defense", "attack"}
+
+
+def fmt_number(v: Any) -> str:
+    """Enough digits to compare rows: 4 below 0.01 (MSE), 3 below 10, else 2 (PSNR, accuracy %)."""
+    if v is None:
+        return ""
+    if isinstance(v, (bool, str)):
+        return str(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(f):
+        return "–"
+    if isinstance(v, int) or (hasattr(v, "dtype") and v.dtype.kind in "iu"):
+        return str(int(v))
+    return f"{f:.4f}" if abs(f) < 0.01 and f != 0 else f"{f:.3f}" if abs(f) < 10 else f"{f:.2f}"
+
+
+def table_html(df: pd.DataFrame) -> str:
+    """An HTML table where each ``col`` with a ``col_std`` companion reads ``mean ± std``."""
+    cols = [c for c in df.columns if not (c.endswith("_std") and c[:-4] in df.columns)]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = []
+    for i in range(len(df)):
+        cells = []
+        for c in cols:
+            v = df[c].iloc[i]  # column-wise access keeps each column's dtype (ints stay ints)
+            text = (str(int(v)) if c.endswith("n_seeds") and _finite(v) else fmt_number(v))
+            std = df[f"{c}_std"].iloc[i] if f"{c}_std" in df.columns else None
+            if _finite(std):
+                text += f" ± {fmt_number(std)}"
+            klass = ' class="key"' if c in KEY_COLUMNS else ""
+            cells.append(f"<td{klass}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],
+           skipped: list[str]) -> str:
+    """The report's HTML text."""
+    from bench.figures import FIGURE_CAPTIONS
+    from bench.report import TABLE_TITLES
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        cfg_text = json.dumps(cfg, indent=2)
+    except (OSError, ValueError) as exc:  # the report of the cells is still worth having
+        cfg, cfg_text = {}, f"config.json unreadable: {exc}"
+    run_id = cfg.get("run_id", run_dir.name)
+    c = cfg.get("config", {})
+    t2 = tables.get("table2", pd.DataFrame())
+    metric = set(t2["perceptual_metric"].dropna()) if "perceptual_metric" in t2 else set()
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+             f"<title>faceprivbench report — {html.escape(run_id)}</title><style>{CSS}</style></head><body>",
+             f"<h1>faceprivbench report — {html.escape(run_id)}</h1>",
+             "<p class='meta'>"
+             + " · ".join(html.escape(str(x)) for x in (
+                 f"dataset {c.get('data', {}).get('name', '?')}", f"preset {c.get('preset', '?')}",
+                 f"seeds {c.get('seeds', '?')}", f"defenses {', '.join(cfg.get('defenses', []))}",
+                 f"attacks {', '.join(cfg.get('attacks', []))}"))
+             + "</p>"]
+    if metric and metric != {"lpips"}:
+        parts.append(f"<p class='warn'>S1/S3 use <b>{html.escape(', '.join(sorted(metric)))}</b>, "
+                     "not LPIPS (no AlexNet weights given): compare them only with runs that say "
+                     "the same.</p>")
+    if skipped:
+        parts.append("<p class='warn'>Damaged cell files, skipped: "
+                     + ", ".join(f"<code>{html.escape(s)}</code>" for s in skipped) + "</p>")
+    parts.append("<h2>Tables</h2><p class='meta'>mean ± std over seeds (std: sample, ddof 1; "
+                 "absent with one seed). Scores are min-max normalised over the protected defenses "
+                 "of the same attack. Each table is also a CSV next to this file.</p>")
+    for name, df in tables.items():
+        parts.append(f"<h3 id='{name}'>{html.escape(TABLE_TITLES.get(name, name))} "
+                     f"<small class='meta'>({name}.csv)</small></h3>{table_html(df)}")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for name, path in figures.items():
+            cap = FIGURE_CAPTIONS.get(name, name)
+            parts.append(f"<figure id='{name}'><img src='{png_data_uri(path)}' "
+                         f"alt='{html.escape(cap, quote=True)}'><figcaption>{html.escape(cap)}"
+                         f"</figcaption></figure>")
+    parts.append("<h2>Resolved configuration</h2><details open><summary>config.json</summary>"
+                 f"<pre>{html.escape(cfg_text)}</pre></details></body></html>")
+    return "\n".join(parts)
+
+
+def write_html(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],
+               skipped: list[str]) -> Path:
+    """Write ``run_dir/report.html`` atomically; return its path."""
+    path = Path(run_dir) / "report.html"
+    atomic_write_text(path, render(run_dir, tables, figures, skipped))
+    return path

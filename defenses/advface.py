@@ -1,0 +1,252 @@
+"""`advface`: adversarial client features against reconstruction attacks (ALGORITHMS §6, [A]).
+
+1. Split the deployed recognizer F1 into client ``E`` and server ``Ψ``
+   (:mod:`defenses.feature_split`, ``split_at``).
+2. Shadow model ``S`` (:func:`attacks.decoders.build_decoder`, architecture ``shadow``) trained
+   with L1 (Eq. 3) on ``(E(x), x)`` of the *shadow half* of the auxiliary faces; Adam lr 1e-4.
+   The attacker's public faces are the other half (:func:`~defenses.feature_split.split_aux`).
+3. Adversarial features, per batch of uploaded features ``z`` (Eqs. 4–6):
+   ``x_sh = S(z)``; ``z0 = E(x_sh)``; 40 × ``z ← z + clamp(α·sign(∇_z ‖S(z) − x_sh‖₁), −ε, ε)``
+   with α = ε = 0.2. ``S``'s BatchNorm uses the current batch's statistics and never updates its
+   running statistics [A §4.2]. ``pgd_bound='global'`` [ASSUMP] instead projects onto the
+   ε-ball around ``z0`` (Madry PGD).
+4. ``mode='online'`` (default): Ψ unchanged, both sides of a verification pair are stored
+   adversarial features. ``mode='offline'``: Ψ (with F1's ArcFace head) fine-tuned on the
+   adversarial features of the training faces with their identity labels.
+
+[ASSUMP] choices, each an option: ``shadow_epochs`` (the paper's schedule is unknown; our aux
+halves are tiny, so more epochs than one pass), ``shadow_width``, the decoder layers
+(§7.2), ``pgd_bound``, ``finetune_epochs``/``finetune_lr`` of the offline mode (constant lr, F1's
+SGD recipe otherwise), and the shadow reads the *raw* features (no standardisation) so ε is in
+feature units. The server perturbs each distinct uploaded feature once: identical features in one
+batch (a verification set repeats faces) are perturbed together as one.
+
+Note: with ``pgd_bound='per_step'`` each step is ``clamp(α·sign(g), −ε, ε)``, so ε ≥ α gives
+the same features as ε = α (the ε sweep saturates above 0.20 unless α is raised too).
+
+Variants: ``advface.offline``; ``advface.shadow_urec`` / ``advface.shadow_transrec`` (shadow ×
+attacker transfer, [A] Table 4); ``advface.eps0.00`` … ``advface.eps0.30`` (Fig. 4). Every
+variant's registry options carry ``mode``, ``shadow`` and ``eps``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attacks.decoders import DECODERS, build_decoder
+from attacks.train_loop import seeded, train_epochs
+from bench.context import Context
+from bench.data.facedata import FaceData
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
+from defenses.base import ENCODE_BATCH
+from defenses.feature_split import FeatureDefense, FeatureOptions, freeze, split_aux
+from defenses.training import fit_arcface
+
+MODES = ("online", "offline")
+BOUNDS = ("per_step", "global")
+EPS_SWEEP = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30)  # [A] Fig. 4
+
+
+@contextlib.contextmanager
+def batch_statistics(net: nn.Module) -> Iterator[None]:
+    """Run ``net``'s BatchNorm layers on the current batch's statistics without touching their
+    running statistics (momentum 0), restoring every module's mode afterwards [A §4.2]."""
+    modes = {m: m.training for m in net.modules()}
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    net.eval()
+    for bn in norms:
+        bn.train()
+        bn.momentum = 0.0
+    try:
+        yield
+    finally:
+        for bn, mom in zip(norms, momenta):
+            bn.momentum = mom
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def adversarial_features(shadow: nn.Module, extractor: nn.Module, z: Tensor, eps: float,
+                         alpha: float = 0.2, iterations: int = 40,
+                         bound: str = "per_step") -> Tensor:
+    """AdvFace's PGD (ALGORITHMS §6, [A] Eqs. 4–6) on a batch of client features ``z``.
+
+    Returns ``z_T`` starting from the shadow feature ``z0 = E(S(z))``; ``S`` runs on batch
+    statistics; gradients are taken w.r.t. the features only."""
+    if bound not in BOUNDS:
+        raise ConfigError(f"pgd_bound must be one of {BOUNDS}, got {bound!r}")
+    with torch.enable_grad(), batch_statistics(shadow):
+        with torch.no_grad():
+            x_sh = shadow(z)
+            z0 = extractor(x_sh)
+        zt = z0.clone()
+        if eps <= 0 or alpha <= 0:
+            return zt
+        for _ in range(iterations):
+            zt.requires_grad_(True)
+            loss = F.l1_loss(shadow(zt), x_sh, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, zt)
+            with torch.no_grad():
+                step = alpha * grad.sign()
+                if bound == "per_step":
+                    zt = zt + step.clamp(-eps, eps)
+                else:
+                    zt = z0 + (zt + step - z0).clamp(-eps, eps)
+        return zt.detach()
+
+
+@torch.no_grad()
+def shadow_l1(shadow: nn.Module, z: Tensor, target: Tensor) -> float:
+    """Mean L1 between ``S(z)`` (batch statistics) and ``target``."""
+    with batch_statistics(shadow):
+        return float(F.l1_loss(shadow(z), target))
+
+
+@dataclass
+class AdvFaceOptions(FeatureOptions):
+    mode: str = "online"  # online (Ψ unchanged) | offline (Ψ fine-tuned on adversarial features)
+    shadow: str = "resrec"  # resrec | urec | transrec (§7.2 decoders)
+    eps: float = 0.2  # [A §5.1.2]
+    alpha: float = 0.2  # [A §5.1.2]
+    iterations: int = 40  # [A §5.1.2]
+    pgd_bound: str = "per_step"  # per_step (literal Eq. 6) | global [ASSUMP]
+    shadow_width: int = 64  # [ASSUMP]
+    shadow_epochs: int = 100  # [ASSUMP]
+    shadow_batch_size: int = 32  # [ASSUMP]
+    shadow_lr: float = 1e-4  # [A §5.1.2]
+    finetune_epochs: int = 10  # offline mode [ASSUMP]
+    finetune_lr: float = 0.01  # offline mode [ASSUMP]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mode not in MODES:
+            raise ConfigError(f"advface mode must be one of {MODES}, got {self.mode!r}")
+        if self.shadow not in DECODERS:
+            raise ConfigError(f"advface shadow must be one of {tuple(DECODERS)}, got {self.shadow!r}")
+        if self.pgd_bound not in BOUNDS:
+            raise ConfigError(f"advface pgd_bound must be one of {BOUNDS}, got {self.pgd_bound!r}")
+        if self.eps < 0 or self.alpha < 0 or self.iterations < 0:
+            raise ConfigError("advface eps, alpha and iterations must be >= 0")
+        for name in ("shadow_width", "shadow_epochs", "shadow_batch_size", "finetune_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"advface {name} must be >= 1, got {getattr(self, name)}")
+        if self.shadow_lr <= 0 or self.finetune_lr <= 0:
+            raise ConfigError("advface shadow_lr and finetune_lr must be > 0")
+
+
+VARIANT_DEFAULTS = {"mode": "online", "shadow": "resrec", "eps": 0.2}
+
+
+def _variant(variant: str, **options: Any) -> Any:
+    return DEFENSES.register("advface", variant=variant, **{**VARIANT_DEFAULTS, **options})
+
+
+@DEFENSES.register("advface")
+@_variant("offline", mode="offline")
+@_variant("shadow_urec", shadow="urec")
+@_variant("shadow_transrec", shadow="transrec")
+@_variant("eps0.00", eps=0.0)
+@_variant("eps0.05", eps=0.05)
+@_variant("eps0.10", eps=0.10)
+@_variant("eps0.15", eps=0.15)
+@_variant("eps0.20", eps=0.20)
+@_variant("eps0.25", eps=0.25)
+@_variant("eps0.30", eps=0.30)
+class AdvFace(FeatureDefense):
+    """AdvFace (ALGORITHMS §6): PGD on client features against a shadow decoder; online (Ψ
+    unchanged) or offline (Ψ fine-tuned on adversarial features)."""
+
+    name = "advface"
+    Options = AdvFaceOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.shadow_model: nn.Module | None = None
+        self.record: dict[str, Any] = {}
+
+    # -- learned parts ----------------------------------------------------------------------
+    def fit(self, data: FaceData, ctx: Context) -> None:
+        """Split F1 and train the shadow decoder on the shadow half of ``aux`` (Eq. 3)."""
+        super().fit(data, ctx)
+        o = self.options
+        shadow_faces, _ = split_aux(data.aux, ctx.seed)
+        x = shadow_faces.images.to(ctx.device)
+        z = torch.cat([self.features(c) for c in x.split(ENCODE_BATCH)])
+        with seeded(ctx, "advface-shadow", o.shadow):
+            net = build_decoder(o.shadow, tuple(z.shape[1:]), tuple(x.shape[1:]), o.shadow_width)
+            net = net.to(ctx.device).train()
+            opt = torch.optim.Adam(net.parameters(), lr=o.shadow_lr)
+
+            def step(idx: Tensor) -> dict[str, Tensor]:
+                opt.zero_grad(set_to_none=True)
+                loss = F.l1_loss(net(z[idx]), x[idx])
+                loss.backward()
+                opt.step()
+                return {"l1": loss}
+
+            losses = train_epochs("advface-shadow", len(z), o.shadow_epochs,
+                                  min(o.shadow_batch_size, len(z)), step,
+                                  ctx.generator("advface-shadow", "shuffle"), ctx,
+                                  lr_option="shadow_lr")
+        self.shadow_model = freeze(net)
+        zt = self._pgd(z)
+        self.record = {
+            "shadow_train_l1": losses.get("l1"),
+            "shadow_l1_clean": shadow_l1(self.shadow_model, z, x),  # S(z) vs x
+            "shadow_l1_adversarial": shadow_l1(self.shadow_model, zt, x),  # S(z_T) vs x
+            "mean_abs_perturbation": float((zt - z).abs().mean()),
+            "mean_abs_feature": float(z.abs().mean()),
+        }
+
+    # -- the representation -------------------------------------------------------------------
+    def _pgd(self, z: Tensor) -> Tensor:
+        o = self.options
+        self.shadow_model.to(z.device)
+        return adversarial_features(self.shadow_model, self.extractor, z, o.eps, o.alpha,
+                                    o.iterations, o.pgd_bound)
+
+    def perturb(self, z: Tensor, gen: torch.Generator) -> Tensor:
+        """Adversarial features of the batch; each distinct feature is perturbed once."""
+        if self.shadow_model is None:
+            raise ConfigError(f"defense {self.name} is used before fit()")
+        flat = z.flatten(1)
+        uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        if len(uniq) == len(z):
+            return self._pgd(z)
+        return self._pgd(uniq.view(-1, *z.shape[1:]))[inverse]
+
+    # -- the recognizer -------------------------------------------------------------------------
+    def train_recognizer(self, data: FaceData, ctx: Context) -> Any:
+        """Online: Ψ unchanged. Offline: Ψ fine-tuned with F1's ArcFace head on the adversarial
+        features of the training faces (and of their mirror images, the flip augmentation)."""
+        model = super().train_recognizer(data, ctx)
+        if self.options.mode == "online":
+            return model
+        o = self.options
+        faces = data.train.relabelled()  # the labels F1 (and its head) was trained with
+        gen = ctx.generator("advface", "offline")
+        adv = self.encode_all(faces.images.to(ctx.device), gen).cpu()
+        adv_flip = self.encode_all(faces.images.flip(-1).to(ctx.device), gen).cpu()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        cfg = dataclasses.replace(ctx.recognizer, epochs=o.finetune_epochs, lr=o.finetune_lr,
+                                  milestones=(), warmup_epochs=0)
+
+        def batch(idx: Tensor, flip: Tensor) -> Tensor:
+            return torch.where(flip[:, None, None, None], adv_flip[idx], adv[idx])
+
+        return fit_arcface(model, batch, faces.labels, ctx, cfg, desc=f"recognizer[{self.name}]")
+
+
+# The base name carries the variant options too, so every cell records mode/shadow/eps.
+DEFENSES.get("advface").options.update(VARIANT_DEFAULTS)

@@ -1,0 +1,260 @@
+"""MixUp / InstaHide defenses: pixel, full-BDCT and PPFR-FD-masked variants (ALGORITHMS §2,
+[H §4.1, Table 1, Table 2], [CODE Hazelsuko07/InstaHide:train_inside.py]).
+
+Every batch is mixed with itself, re-randomised each iteration, and the recognizer is trained with
+mixed-label ArcFace (§0.3). Test-time recognition uses the unmixed representation (no mixing, no
+sign flips, §0.2). Threat model (§1–§3, §7.1): the attacker holds the mixed representations of the
+victim's images (``inputs``; scored against their slot-0 originals) and simulates the defense with
+its real randomness on its auxiliary faces to get (mixed, slot-0 image) training pairs.
+
+[ASSUMP] choices, each an option or documented here:
+- Pixel ("rgb") variants mix ``2x − 1`` (pixels centred to [−1, 1]), as InstaHide mixes
+  mean-normalised images; without centring a sign flip of a [0, 1] pixel would carry its value in
+  the sign alone. On grayscale data the "RGB" variants mix the gray pixels.
+- Full-BDCT ("fd") variants mix the raw gray BDCT coefficients (all 64 channels, DC included, no
+  per-channel normalisation; the recognizer's BatchNorm absorbs the scale).
+- Mixing happens in batches of ``recognizer.batch_size`` also when the leak is simulated; a ragged
+  set is split into near-equal batches so that no image is mixed inside a tiny batch.
+- ``leak_rounds``: how many independent mixtures of each auxiliary face the attacker simulates
+  (default 1, so the attacker has as many pairs as for any other defense).
+- ``secure_rng``: draw weights, partners, signs (and PPFR-FD's permutations) from ``os.urandom``
+  instead of the run's seeded generator (§2); results are then not reproducible.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from attacks.base import Leak
+from bench.context import Context
+from bench.data.facedata import FaceData
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
+from defenses.base import Defense
+from defenses.bdct import bdct_image, masked_view
+from defenses.mixing import Mixed, RandomSource, check_cap, check_k, mix_batch, random_source
+from defenses.ppfr_fd import PpfrMasker, PpfrOptions
+
+
+@dataclass
+class MixOptions:
+    """Options shared by the fixed-k mixing defenses (ALGORITHMS §2)."""
+
+    k: int = 2
+    cap: float = 0.65  # [ASSUMP] the InstaHide default, for the MixUp-FD / InstaHide-FD baselines
+    secure_rng: bool = False  # os.urandom instead of the run's generator (§2)
+    leak_rounds: int = 1  # [ASSUMP] mixtures of each auxiliary face the attacker simulates
+
+    def validate(self) -> None:
+        check_k(self.k)
+        check_cap(self.cap, self.k)
+        if self.leak_rounds < 1:
+            raise ConfigError(f"mixing leak_rounds must be >= 1, got {self.leak_rounds}")
+
+
+@dataclass
+class FdMixOptions(MixOptions):
+    upsample: bool = False  # §0.1 TFace ×8 upsampling before the BDCT (on in the paper preset)
+
+
+@dataclass
+class MaskingMixOptions(MixOptions, PpfrOptions):
+    """PPFR-FD's options (§1) plus the mixing ones; cap 0.55 as in [H]."""
+
+    cap: float = 0.55
+
+    def validate(self) -> None:
+        PpfrOptions.validate(self)
+        MixOptions.validate(self)
+
+
+class MixingDefense(Defense):
+    """Shared machinery: ``represent`` (unmixed representation) → in-batch mixing → mixed-label
+    ArcFace; the leak of §2/§7.1; ``record`` with the share of each k used in training."""
+
+    name = "mixing"
+    signs: ClassVar[bool] = False  # InstaHide's random ±1 per element
+    space: ClassVar[str] = "bdct"  # pixel | bdct | masked (recorded for Table 1)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.k_counts: Counter[int] = Counter()
+        self.record: dict[str, Any] = {}
+
+    # -- the representation, before mixing ---------------------------------------------------------
+    def represent(self, x: Tensor, gen: torch.Generator) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train_k(self, z: Tensor, src: RandomSource) -> int:
+        """The k of one training batch: fixed here; AdaMixUp asks its policy."""
+        return self.options.k
+
+    def leak_k(self, src: RandomSource) -> int:
+        """The k of one simulated batch of the leak: the training k (AdaMixUp: its histogram)."""
+        return self.options.k
+
+    def _source(self, gen: torch.Generator) -> RandomSource:
+        return random_source(gen, self.options.secure_rng)
+
+    def mix(self, z: Tensor, y: Tensor | None, k: int, src: RandomSource) -> Mixed:
+        return mix_batch(z, y, k, self.options.cap, src, signs=self.signs)
+
+    # -- Defense contract ----------------------------------------------------------------------------
+    def encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """What leaves the data owner: the batch ``x`` mixed with itself."""
+        src = self._source(gen)
+        return self.mix(self.represent(x, src.generator()), None, self.leak_k(src), src).z
+
+    def test_encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """Verification uses the unmixed representation (§0.2: no mixing, no sign flips)."""
+        return self.represent(x, self._source(gen).generator())
+
+    def train_step(self, model: Any, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        """Mixed-label ArcFace on a freshly mixed batch (§2 step 5, §0.3)."""
+        src = self._source(gen)
+        z = self.represent(x, src.generator())
+        k = self.train_k(z, src)
+        self.k_counts[k] += 1
+        m = self.mix(z, y, k, src)
+        return model.mixed_loss(m.z, m.gt, m.co)
+
+    def train_recognizer(self, data: FaceData, ctx: Context) -> Any:
+        self.k_counts = Counter()
+        model = super().train_recognizer(data, ctx)
+        self.record = self.make_record()
+        return model
+
+    def make_record(self) -> dict[str, Any]:
+        """Shares of each k over the training batches (keys as strings: JSON) — [H] Table 3."""
+        total = sum(self.k_counts.values()) or 1
+        ks = sorted(self.k_counts)
+        return {"space": self.space, "signs": self.signs, "cap": self.options.cap,
+                "k_counts": {str(k): int(self.k_counts[k]) for k in ks},
+                "k_share": {str(k): self.k_counts[k] / total for k in ks}}
+
+    def leak(self, data: FaceData, ctx: Context) -> Leak:
+        """Attacker pairs: mixed auxiliary faces → their slot-0 originals (real randomness);
+        stolen ``inputs``: the test faces mixed in batches, row ``i`` having test face ``i`` in
+        slot 0 (its scoring target). ``extra`` holds what the attacker knows from its own
+        simulation (membership/coefficients of its pairs) and, under ``oracle_*``, the true
+        membership of the stolen mixtures for oracle-assignment attacks (§7.3 step 5) only."""
+        gen = ctx.generator("leak", self.name)
+        batch = ctx.recognizer.batch_size if ctx.recognizer is not None else 32
+        rounds = self.options.leak_rounds
+        aux = data.aux.images
+        tr = [self.mix_dataset(aux, batch, gen) for _ in range(rounds)]
+        train_inputs = torch.cat([t[0] for t in tr])
+        train_targets = aux.repeat(rounds, 1, 1, 1)
+        inputs, members, coeffs = self.mix_dataset(data.test.images, batch, gen)
+        extra = {"mixing": {"space": self.space, "signs": self.signs, "cap": self.options.cap,
+                            "k_share": self.record.get("k_share")},
+                 "train_members": torch.cat([t[1] for t in tr]),
+                 "train_coefficients": torch.cat([t[2] for t in tr]),
+                 "oracle_members": members, "oracle_coefficients": coeffs}
+        return Leak(train_inputs, train_targets, inputs, data.test.images, data.test.labels,
+                    views=self.view(inputs), extra=extra)
+
+    @torch.no_grad()
+    def mix_dataset(self, images: Tensor, batch: int,
+                    gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Mix a whole set in random batches of about ``batch`` images. Returns the mixtures in
+        the set's order (row ``i`` has image ``i`` in slot 0), the members ``[N, k_max]`` (indices
+        into ``images``, −1 padded) and their coefficients ``[N, k_max]`` (0 padded)."""
+        n = len(images)
+        src = self._source(gen)
+        order = src.randperm(n)
+        out: Tensor | None = None
+        parts = []
+        for chunk in torch.tensor_split(order, max(1, math.ceil(n / batch))):
+            m = self.mix(self.represent(images[chunk], src.generator()), None, self.leak_k(src), src)
+            if out is None:
+                out = m.z.new_empty((n,) + tuple(m.z.shape[1:]))
+            out[chunk] = m.z
+            parts.append((chunk, chunk[m.idx].T, m.co.cpu()))
+        k_max = max(p[1].shape[1] for p in parts)
+        members = torch.full((n, k_max), -1, dtype=torch.long)
+        coeffs = torch.zeros(n, k_max)
+        for chunk, mem, co in parts:
+            members[chunk, : mem.shape[1]] = mem
+            coeffs[chunk, : co.shape[1]] = co
+        assert out is not None
+        return out, members, coeffs
+
+
+# -- pixel domain ([H] Table 1, "RGB") ---------------------------------------------------------------
+@DEFENSES.register("mixup_rgb")
+class MixupRgb(MixingDefense):
+    """MixUp in the pixel domain, k = 2, cap 0.65 ([H] Table 1 "RGB"; ALGORITHMS §2)."""
+
+    name = "mixup_rgb"
+    space = "pixel"
+    Options = MixOptions
+
+    def represent(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return x * 2 - 1  # [ASSUMP] centred pixels (see module docstring)
+
+    def view(self, r: Tensor) -> Tensor:
+        """The mixed image itself, back in [0, 1]."""
+        return ((r + 1) / 2).clamp(0, 1)
+
+
+@DEFENSES.register("instahide_rgb")
+class InstahideRgb(MixupRgb):
+    """InstaHide in the pixel domain: MixUp plus an independent random ±1 per element ([H] Table 1)."""
+
+    name = "instahide_rgb"
+    signs = True
+
+
+# -- full 64-channel BDCT ([H] Tables 1–2, "FD") ----------------------------------------------------------
+@DEFENSES.register("mixup_fd")
+class MixupFd(MixingDefense):
+    """MixUp-FD: MixUp of the full 64-channel gray BDCT, k = 2, cap 0.65 (ALGORITHMS §2)."""
+
+    name = "mixup_fd"
+    space = "bdct"
+    Options = FdMixOptions
+
+    def represent(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return bdct_image(x, upsample=self.options.upsample)
+
+    def view(self, r: Tensor) -> Tensor:
+        """Inverse BDCT of the mixed coefficients, min-maxed per image (§0.1)."""
+        return masked_view(r, removed=())
+
+
+@DEFENSES.register("instahide_fd")
+class InstahideFd(MixupFd):
+    """InstaHide-FD: MixUp-FD plus an independent random ±1 per coefficient (ALGORITHMS §2)."""
+
+    name = "instahide_fd"
+    signs = True
+
+
+# -- PPFR-FD masked ([H] Table 2, "Masking+MixUp") ---------------------------------------------------------
+@DEFENSES.register("masking_mixup", k=2)
+@DEFENSES.register("masking_mixup", k=3)
+@DEFENSES.register("masking_mixup", k=4)
+@DEFENSES.register("masking_mixup", k=5)
+@DEFENSES.register("masking_mixup", k=6)
+class MaskingMixup(MixingDefense):
+    """Masking+MixUp(k): PPFR-FD masking (§1) then MixUp of the masked maps, cap 0.55 (§2)."""
+
+    name = "masking_mixup"
+    space = "masked"
+    Options = MaskingMixOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.masker = PpfrMasker(self.options)
+
+    def represent(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return self.masker(x, gen)
+
+    def view(self, r: Tensor) -> Tensor:
+        return self.masker.view(r)

@@ -1,0 +1,119 @@
+"""DuetFace (ALGORITHMS §5): channel split, feature masking, frozen client, threat model."""
+import pytest
+import torch
+
+from bench.config import DataConfig, RecognizerConfig
+from bench.context import Context
+from bench.data.orl import load_orl
+from bench.errors import ConfigError
+from bench.recognition import embed
+from bench.registry import DEFENSES, load_builtin_plugins
+from defenses.bdct import bdct, to_ycbcr
+from defenses.duetface import CLIENT_FREQS, FeatureMasking, channel_split, ycbcr_bdct
+from defenses.mobilefacenet import MobileFaceNet
+
+load_builtin_plugins()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster (and immune to OpenMP stalls on a busy box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TINY = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=2, batch_size=16, lr=0.05,
+                        milestones=(), warmup_epochs=0, dropout=0.0, arcface_s=16.0)
+
+
+def test_channel_split_partitions_all_192_channels():
+    server, client = channel_split(3)
+    assert len(client) == 30 and len(server) == 162
+    assert sorted(server + client) == list(range(192))
+    assert client[:10] == list(CLIENT_FREQS) and client[10] == 64  # colour-major, 64·c + 8u + v
+    server1, client1 = channel_split(1)
+    assert len(client1) == 10 and sorted(server1 + client1) == list(range(64))
+
+
+def test_ycbcr_bdct_is_per_colour_bdct():
+    x = torch.rand(2, 3, 16, 16)
+    c = ycbcr_bdct(x)
+    assert c.shape == (2, 192, 2, 2)
+    torch.testing.assert_close(c[:, 64:128], bdct(to_ycbcr(x)[:, 1:2] - 0.5))
+    gray = torch.rand(2, 1, 16, 16)
+    assert ycbcr_bdct(gray).shape == (2, 192, 2, 2)  # replicated to 3 colours
+    assert ycbcr_bdct(gray, gray_mode="luma").shape == (2, 64, 2, 2)
+    # replicated gray: chroma is constant, so its AC coefficients vanish
+    assert ycbcr_bdct(gray)[:, 65:128].abs().max() < 1e-5
+
+
+def test_feature_masking_follows_the_recipe():
+    torch.manual_seed(0)
+    block = FeatureMasking(client_channels=6, server_channels=4)
+    f, a = torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4)
+    torch.testing.assert_close(block(f, a), torch.sigmoid(f))  # w starts at 0
+    with torch.no_grad():
+        block.weight.fill_(0.5)
+    out = block(f, a)
+    e = block.proj(torch.nn.functional.interpolate(a, size=(8, 8), mode="bilinear", align_corners=False))
+    m = e.mean(1, keepdim=True)
+    lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
+    mask = (m - lo) / (hi - lo)
+    torch.testing.assert_close(out, torch.sigmoid(f) * mask * 0.5 + torch.sigmoid(f))
+    out.sum().backward()
+    assert block.proj.weight.grad is not None and block.proj.weight.grad.abs().sum() > 0  # trained
+
+
+def test_mobilefacenet_exposes_four_stages():
+    net = MobileFaceNet(30, 8, embedding_dim=16, width=8).eval()
+    acts = net.stages(torch.randn(2, 30, 8, 8))
+    assert [a.shape[1] for a in acts] == list(net.stage_channels)
+    assert [a.shape[-1] for a in acts] == [8, 4, 2, 2]
+    assert net(torch.randn(2, 30, 8, 8)).shape == (2, 16)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = load_orl(DataConfig(image_size=32, limit_identities=12, num_pairs=60), 0)
+    ctx = Context(seed=0, progress=False, recognizer=TINY)
+    d = DEFENSES.create("duetface", client_width=8, client_epochs=2)
+    d.fit(data, ctx)
+    return data, ctx, d, d.train_recognizer(data, ctx)
+
+
+def test_recognizer_takes_test_encode_and_keeps_the_client_frozen(trained):
+    data, ctx, d, model = trained
+    r = d.test_encode(data.test.images[:4], torch.Generator())
+    assert r.shape == (4, 192, 4, 4)
+    assert all(not p.requires_grad for p in model.client.parameters())
+    frozen = {k: v.clone() for k, v in model.client.state_dict().items()}
+    model.train()
+    assert not model.client.training  # frozen client stays in eval mode
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model.loss(d.test_encode(data.train.images[:8], torch.Generator()), torch.arange(8) % 6)
+    loss.backward()
+    opt.step()
+    for k, v in model.client.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    emb = embed(model.eval(), data.test.images[:4], d.test_encode)
+    assert emb.shape == (4, TINY.embedding_dim) and torch.isfinite(emb).all()
+    assert "client_accuracy" in d.record
+
+
+def test_leak_gives_the_server_channels_only(trained):
+    data, ctx, d, _ = trained
+    leak = d.leak(data, ctx)
+    assert leak.inputs.shape[1] == 162 and leak.train_inputs.shape[1] == 162
+    assert torch.equal(leak.train_targets, data.aux.images)
+    full = d.test_encode(data.test.images, torch.Generator())
+    torch.testing.assert_close(leak.inputs, full[:, :162])
+    assert leak.views is not None and leak.views.shape == data.test.images.shape
+    assert 0 <= leak.views.min() and leak.views.max() <= 1
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="gray_mode"):
+        DEFENSES.create("duetface", gray_mode="sepia")
+    with pytest.raises(ConfigError, match="client_freqs"):
+        DEFENSES.create("duetface", client_freqs=[0, 64])

@@ -1,0 +1,182 @@
+"""Tables and figures of `bench report`, on synthetic run folders (no training)."""
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.report import build_report, load_cells, load_cells_checked, table2
+from synthetic_run import ADAMIXUP, FULL_DEFENSES, make_run
+
+ATTACKS = ("cgan", "resrec")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """Every defense family the report knows, three attacks, three seeds: every table and figure."""
+    run_dir = make_run(tmp_path_factory.mktemp("full"), defenses=FULL_DEFENSES, attacks=ATTACKS,
+                       seeds=(0, 1, 2))
+    return run_dir, build_report(run_dir)
+
+
+def _cells(run_dir: Path) -> pd.DataFrame:
+    rows = []
+    for rec in load_cells(run_dir):
+        rows.append({"defense": rec["defense"], "attack": rec["attack"], "seed": rec["seed"],
+                     "acc": 100 * rec["accuracy"]["orl"]["accuracy_mean"], **rec["privacy"]})
+    return pd.DataFrame(rows)
+
+
+def test_every_table_and_figure_is_written(full_run):
+    run_dir, written = full_run
+    tables = {"table2", "table1", "table3", "advface_table1", "advface_table2", "table4"}
+    figures = {"fig_reconstructions", "fig_privacy_utility", "fig_advface_eps", "fig_k_share"}
+    assert set(written) == tables | figures | {"report_html"}
+    for name in tables:
+        assert written[name] == run_dir / f"{name}.csv" and not pd.read_csv(written[name]).empty
+    for name in figures:
+        path = written[name]
+        assert path.suffix == ".png" and path.stat().st_size > 5_000
+        with Image.open(path) as im:
+            assert im.format == "PNG" and min(im.size) > 200
+
+
+def test_table2_reports_mean_and_std_over_seeds(full_run):
+    run_dir, written = full_run
+    t2 = pd.read_csv(written["table2"])
+    cells = _cells(run_dir)
+    sub = cells[(cells["defense"] == "ppfr_fd") & (cells["attack"] == "cgan")]
+    row = t2[(t2["Method"] == "ppfr_fd") & (t2["Attack"] == "cgan")].iloc[0]
+    assert row["n_seeds"] == 3
+    assert row["SSIM"] == pytest.approx(sub["SSIM"].mean(), abs=1e-4)
+    assert row["SSIM_std"] == pytest.approx(sub["SSIM"].std(ddof=1), abs=1e-4)
+    assert row["acc_orl_std"] == pytest.approx(sub["acc"].std(ddof=1), abs=1e-4)
+    for col in ("Score", "Score_pp", "Score_cls", "acc_orl", "S1", "S4", "PSNR", "SRRA"):
+        assert col in t2.columns
+    assert math.isnan(t2[t2["Method"] == "none"]["Score"].iloc[0])  # unprotected: no score
+
+
+def test_single_seed_has_empty_std(tmp_path):
+    run_dir = make_run(tmp_path, seeds=(0,))
+    t2 = table2(load_cells(run_dir))
+    assert t2["SSIM_std"].isna().all() and (t2["n_seeds"] == 1).all()
+
+
+def test_hybrid_paper_tables(full_run):
+    run_dir, written = full_run
+    cells = _cells(run_dir)
+    t1 = pd.read_csv(written["table1"]).set_index("Method")
+    assert set(t1.index) == {"MixUp", "InstaHide"}
+    rgb = cells[(cells["defense"] == "mixup_rgb") & (cells["attack"] == "cgan")]["acc"]
+    assert t1.at["MixUp", "RGB"] == pytest.approx(rgb.mean(), abs=1e-4)
+    assert t1.at["MixUp", "RGB_std"] == pytest.approx(rgb.std(ddof=1), abs=1e-4)
+    assert t1.at["InstaHide", "FD"] > t1.at["InstaHide", "RGB"]
+
+    t3 = pd.read_csv(written["table3"]).set_index("Method")
+    assert set(t3.index) == set(ADAMIXUP)  # fixed-k mixing records a k_share too: not a policy
+    ks = [f"k={k}" for k in range(2, 7)]
+    assert t3.loc["adamixup.k2-6", ks].sum() == pytest.approx(1.0, abs=1e-3)
+    assert t3.loc["adamixup.k2-4", ["k=2", "k=3", "k=4"]].sum() == pytest.approx(1.0, abs=1e-3)
+    assert t3.loc["adamixup.k2-4", ["k=5", "k=6"]].isna().all()  # outside its k set: not 0
+    # seed 0 never drew k = 4: a share of 0 in the mean, not a missing value
+    shares = [r["record"]["k_share"].get("4", 0.0) for r in load_cells(run_dir)
+              if r["defense"] == "adamixup.k2-4" and r["attack"] == "cgan"]
+    assert t3.at["adamixup.k2-4", "k=4"] == pytest.approx(np.mean(shares), abs=1e-4)
+
+
+def test_advface_tables(full_run):
+    _, written = full_run
+    # duetface publishes frequency channels (domain "image") but is one of [A]'s baselines
+    feature = {"plain_feature", "random_feature", "dp_feature", "duetface", "advface",
+               "advface.offline", "advface.eps0.1", "advface.eps0.3", "advface.shadow_unet"}
+    a1 = pd.read_csv(written["advface_table1"])
+    assert set(a1["Method"]) == feature and set(a1["Attack"]) == {"resrec"}  # resrec when present
+    assert {"orl_SSIM", "orl_PSNR", "orl_MSE", "orl_SRRA", "orl_SSIM_std"} <= set(a1.columns)
+    a2 = pd.read_csv(written["advface_table2"])
+    assert set(a2["Method"]) == feature and "acc_orl_std" in a2.columns
+    t4 = pd.read_csv(written["table4"])
+    assert set(t4["shadow"]) == {"resrec", "unet"} and {"cgan", "resrec"} <= set(t4.columns)
+    unet = t4[t4["shadow"] == "unet"]
+    assert list(unet["defense"]) == ["advface.shadow_unet"] and unet["resrec"].notna().all()
+
+
+def test_tables_and_figures_only_when_the_run_has_their_cells(tmp_path):
+    run_dir = make_run(tmp_path, defenses=["none", "ppfr_fd", "advface"], attacks=("cgan",))
+    written = build_report(run_dir)
+    assert "table1" not in written and "table3" not in written and "fig_k_share" not in written
+    assert "fig_advface_eps" not in written  # one ε is not a sweep
+    assert "advface_table1" in written and "table4" in written
+    # the same folder reported again with fewer cells: stale outputs are removed
+    for f in (run_dir / "cells").glob("advface__*"):
+        f.unlink()
+    written = build_report(run_dir)
+    assert not (run_dir / "advface_table1.csv").exists() and not (run_dir / "table4.csv").exists()
+    assert set(written) == {"table2", "fig_reconstructions", "fig_privacy_utility", "report_html"}
+
+
+def test_damaged_cell_files_are_named_and_skipped(tmp_path):
+    run_dir = make_run(tmp_path, seeds=(0,))
+    good = (run_dir / "cells" / "ppfr_fd__cgan__s0.json").read_text()
+    (run_dir / "cells" / "ppfr_fd__resrec__s0.json").write_text(good[: len(good) // 2])  # half-written
+    (run_dir / "cells" / "junk__cgan__s0.json").write_text(json.dumps([1, 2, 3]))
+    bad_acc = json.loads(good)
+    bad_acc["accuracy"] = {"orl": 0.9}
+    (run_dir / "cells" / "badacc__cgan__s0.json").write_text(json.dumps(bad_acc))
+    (run_dir / "cells" / "none__cgan__s0.npz").write_bytes(b"PK\x03\x04 truncated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records, skipped = load_cells_checked(run_dir)
+        written = build_report(run_dir)
+    assert sorted(skipped) == ["badacc__cgan__s0.json", "junk__cgan__s0.json",
+                               "ppfr_fd__resrec__s0.json"]
+    assert len(records) == 2
+    messages = " ".join(str(w.message) for w in caught)
+    for name in skipped + ["none__cgan__s0.npz"]:
+        assert name in messages
+    assert list(pd.read_csv(written["table2"])["Method"]) == ["none", "ppfr_fd"]
+    assert "fig_reconstructions" in written  # the one readable sample file still draws
+    html = written["report_html"].read_text()
+    assert all(name in html for name in skipped)
+
+
+def test_grid_rows_follow_the_samples(full_run, tmp_path):
+    """The grid's mosaic is built from the npz arrays: originals first, in order."""
+    from bench.figures import _mosaic
+
+    run_dir, _ = full_run
+    with np.load(run_dir / "cells" / "none__cgan__s0.npz") as z:
+        orig, rec = z["original"], z["reconstruction"]
+    m = _mosaic([orig[:3], rec[:3]], pad=2)
+    h, w = orig.shape[2:]
+    assert m.shape == (2 * (h + 2), 3 * (w + 2), 3)
+    assert np.array_equal(m[:h, :w, 0], orig[0, 0]) and np.array_equal(m[h + 2:2 * h + 2, :w, 1], rec[0, 0])
+
+
+def test_report_cli_prints_what_it_wrote(tmp_path, capsys):
+    from test_compare import cli
+
+    run_dir = make_run(tmp_path, seeds=(0,), defenses=["none", "ppfr_fd", "mixup_fd"])
+    (run_dir / "cells" / "ppfr_fd__cgan__s0.json").write_text("{ half")
+    with pytest.warns(UserWarning, match="ppfr_fd__cgan__s0.json"):
+        rc, out, err = cli(capsys, "report", str(run_dir))
+    assert rc == 0, err
+    assert "report.html" in out and "table2.csv" in out and "reconstructions.png" in out
+    assert "mixup_fd" in out and "ppfr_fd" not in out
+
+
+def test_a_failing_figure_does_not_fail_the_report(tmp_path, monkeypatch):
+    import bench.figures as figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting bug")
+
+    monkeypatch.setattr(figures, "privacy_utility", broken)
+    run_dir = make_run(tmp_path, seeds=(0,))
+    with pytest.warns(UserWarning, match="privacy_utility.png could not be drawn"):
+        written = build_report(run_dir)
+    assert "fig_privacy_utility" not in written and "fig_reconstructions" in written
+    assert written["report_html"].exists()
