@@ -22,6 +22,10 @@ import torch
 from bench import __version__
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def stage_key(stage: str, **parts: Any) -> str:
     """Stable 20-hex-digit key of a stage from what it depends on."""
     payload = json.dumps({"stage": stage, "version": __version__, **parts}, sort_keys=True,
@@ -34,6 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
