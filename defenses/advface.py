@@ -18,8 +18,9 @@
 halves are tiny, so more epochs than one pass), ``shadow_width``, the decoder layers
 (§7.2), ``pgd_bound``, ``finetune_epochs``/``finetune_lr`` of the offline mode (constant lr, F1's
 SGD recipe otherwise), and the shadow reads the *raw* features (no standardisation) so ε is in
-feature units. The server perturbs each distinct uploaded feature once: identical features in one
-batch (a verification set repeats faces) are perturbed together as one.
+feature units. The server perturbs each distinct uploaded feature once and stores it
+(``store_features``): a face that comes again (verification sets repeat faces) gets its stored
+adversarial feature, and the attacker steals exactly what is stored.
 
 Note: with ``pgd_bound='per_step'`` each step is ``clamp(α·sign(g), −ε, ε)``, so ε ≥ α gives
 the same features as ε = α (the ε sweep saturates above 0.20 unless α is raised too).
@@ -31,8 +32,8 @@ variant's registry options carry ``mode``, ``shadow`` and ``eps``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,10 @@ class AdvFaceOptions(FeatureOptions):
     shadow_lr: float = 1e-4  # [A §5.1.2]
     finetune_epochs: int = 10  # offline mode [ASSUMP]
     finetune_lr: float = 0.01  # offline mode [ASSUMP]
+    # [ASSUMP] the server stores one adversarial feature per distinct uploaded feature:
+    # test_encode returns the stored one when the same face comes again (verification sets
+    # repeat faces; the leak steals what is stored). Costs memory at paper scale; off = recompute.
+    store_features: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -173,6 +178,7 @@ class AdvFace(FeatureDefense):
         super().__init__(**options)
         self.shadow_model: nn.Module | None = None
         self.record: dict[str, Any] = {}
+        self.stored: dict[str, Tensor] = {}  # digest of an uploaded feature → its stored feature
 
     # -- learned parts ----------------------------------------------------------------------
     def fit(self, data: FaceData, ctx: Context) -> None:
@@ -219,11 +225,26 @@ class AdvFace(FeatureDefense):
         """Adversarial features of the batch; each distinct feature is perturbed once."""
         if self.shadow_model is None:
             raise ConfigError(f"defense {self.name} is used before fit()")
-        flat = z.flatten(1)
-        uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        uniq, inverse = torch.unique(z.flatten(1), dim=0, return_inverse=True)
         if len(uniq) == len(z):
             return self._pgd(z)
         return self._pgd(uniq.view(-1, *z.shape[1:]))[inverse]
+
+    def test_encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The stored adversarial features: computed once per distinct uploaded feature (the
+        not-yet-stored ones of this batch form the PGD batch), then served from the store."""
+        if not self.options.store_features:
+            return self.encode(x, gen)
+        z = self.features(x)
+        keys = [hashlib.sha1(row.numpy().tobytes()).hexdigest() for row in z.detach().cpu()]
+        new: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self.stored and k not in new:
+                new[k] = i
+        if new:
+            adv = self._pgd(z[list(new.values())]).cpu()
+            self.stored.update(zip(new, adv))
+        return torch.stack([self.stored[k] for k in keys]).to(z.device)
 
     # -- the recognizer -------------------------------------------------------------------------
     def train_recognizer(self, data: FaceData, ctx: Context) -> Any:

@@ -39,17 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks.base import Leak
+from attacks.train_loop import seeded
 from bench.config import RecognizerConfig
 from bench.context import Context
 from bench.data.facedata import FaceData
 from bench.errors import ConfigError, TrainingError
 from bench.recognition import ArcFaceHead, build_backbone, verify
+from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 from defenses.bdct import BLOCK, bdct, ibdct, to_ycbcr
 from defenses.feature_split import freeze
 from defenses.mobilefacenet import ClientRecognizer, MobileFaceNet
 from defenses.training import fit_arcface
-from bench.registry import DEFENSES
 
 CLIENT_FREQS = (0, 1, 2, 3, 4, 5, 8, 9, 16, 24)  # [CODE TFace train.yaml SUB_CHS]
 GRAY_MODES = ("replicate", "luma")
@@ -258,7 +259,7 @@ class DuetFace(Defense):
         shape = tuple(self.encode(images[:2], gen).shape[1:])
         side = min(shape[1:])
         cfg = ctx.recognizer
-        with _init_seed(ctx, "duetface-client"):
+        with seeded(ctx, "duetface-client"):
             client = ClientRecognizer(
                 MobileFaceNet(len(self.client_idx), side, cfg.embedding_dim, o.client_width),
                 ArcFaceHead(cfg.embedding_dim, faces.num_identities, cfg.arcface_s, cfg.arcface_m),
@@ -269,7 +270,7 @@ class DuetFace(Defense):
         self.record = {"client_accuracy": {
             v.name: verify(client, v, lambda x, g: self.encode(x, g)[:, n_server:], gen)["accuracy_mean"]
             for v in data.verification}}
-        with _init_seed(ctx, "duetface-server"):
+        with seeded(ctx, "duetface-server"):
             server = DuetFaceServer(cfg, (n_server, *shape[1:]), client.net.stage_channels,
                                     faces.num_identities).to(ctx.device)
         model = DuetFaceRecognizer(client, server, n_server)
@@ -286,9 +287,3 @@ class DuetFace(Defense):
         return Leak(enc(data.aux.images), data.aux.images, inputs, data.test.images,
                     data.test.labels, views=self.view(inputs))
 
-
-def _init_seed(ctx: Context, salt: str) -> Any:
-    """Seed weight initialisation from the run seed without touching the caller's RNG."""
-    from attacks.train_loop import seeded
-
-    return seeded(ctx, salt)
