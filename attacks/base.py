@@ -19,7 +19,9 @@ class Leak:
     mixtures the target is the slot-0 image). ``inputs``: the stolen protected representations of
     the test faces. ``targets`` and ``labels`` are for scoring only and are removed by
     :meth:`for_attacker`. ``views``: image-domain view of ``inputs`` for S1/S2 (None when the
-    representation has no image view).
+    representation has no image view). ``extra``: what the attacker knows from its own simulation.
+    ``oracle``: ground truth about the stolen inputs (e.g. which faces a mixture holds), kept for
+    oracle-assignment analyses (§7.3 step 5) and removed by :meth:`for_attacker`.
     """
 
     train_inputs: Tensor
@@ -29,6 +31,7 @@ class Leak:
     labels: Tensor | None = None
     views: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    oracle: dict[str, Any] = field(default_factory=dict)
 
     def for_attacker(self) -> "Leak":
         """A copy without the ground truth the attacker must not see."""

@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import resolve
     from bench.matrix import run_matrix
     from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
-    from bench.report import build_report, format_table, load_cells, table2
+    from bench.report import build_report, format_table, load_cells, report_notes, table2
 
     load_builtin_plugins()
     if args.jobs < 1:
@@ -121,9 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     written = build_report(run_dir)
     print(format_table(table2(load_cells(run_dir))))
-    metric = load_cells(run_dir)[0].get("perceptual_metric")
-    if metric and metric != "lpips":
-        print(f"note: S1/S3 use {metric}; set metrics.lpips_weights to the AlexNet weights for LPIPS")
+    for note in report_notes(load_cells(run_dir)):
+        print(f"note: {note}")
     print(f"wrote {written['table2']}, {written.get('report_html', 'no report.html')} and "
           f"{run_dir / 'cells'}")
     return 0
@@ -135,6 +134,14 @@ def _opts(section: dict, name: str) -> dict:
     return plugin_options(section, name)
 
 
+def _summary(doc: str | None, width: int = 96) -> str:
+    """The first sentence of a docstring's first paragraph, on one line of at most ``width``."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = para.find(". ")
+    text = para[:end + 1] if end >= 0 else para
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.config import preset_names
     from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
@@ -143,20 +150,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     for title, reg in (("defenses", DEFENSES), ("attacks", ATTACKS), ("datasets", DATASETS)):
         print(f"{title}:")
         for name in reg.names():
-            doc = (reg.get(name).factory.__doc__ or "").strip().splitlines()
-            print(f"  {name:24s} {doc[0] if doc else ''}")
+            entry = reg.get(name)
+            if entry.options:  # a variant: say what it fixes rather than repeat its base's doc
+                fixed = ", ".join(f"{k}={v}" for k, v in entry.options.items())
+                print(f"  {name:24s}   variant: {fixed}")
+                continue
+            print(f"  {name:24s} {_summary(entry.factory.__doc__)}")
     print("presets:", ", ".join(preset_names()))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import build_report, format_table, load_cells, table2
+    from bench.report import build_report, format_table, load_cells, report_notes, table2
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise BenchError(f"run folder {run_dir} does not exist; see results/runs/")
     written = build_report(run_dir)
-    print(format_table(table2(load_cells(run_dir))))
+    records = load_cells(run_dir)
+    print(format_table(table2(records)))
+    for note in report_notes(records):
+        print(f"note: {note}")
     for name, path in written.items():
         print(f"wrote {name:20s} {path}")
     return 0

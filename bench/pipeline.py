@@ -268,10 +268,24 @@ def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
         out["privacy"]["dlib_similarity"] = dlib_scores["similarity"]
         out["privacy"]["dlib_SRRA"] = dlib_scores["SRRA"]
     out["n_test"] = len(orig)
-    to8 = lambda t: (t[:N_SAMPLES].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+    shown = sample_indices(leak.labels, len(orig), N_SAMPLES)
+    to8 = lambda t: (t[shown].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
     out["samples"] = {"original": to8(orig), "reconstruction": to8(rec),
                       "view": None if leak.views is None else to8(_match_channels(leak.views, orig))}
     return out
+
+
+def sample_indices(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
+    """Up to ``k`` test faces to show in figures: the first face of each identity in order, then
+    the next faces, so a grid shows as many different people as the test split has."""
+    if labels is None:
+        return torch.arange(min(n, k))
+    first: dict[int, int] = {}
+    for i, y in enumerate(labels.tolist()):
+        first.setdefault(int(y), i)
+    picked = list(first.values())[:k]
+    rest = [i for i in range(n) if i not in set(picked)]
+    return torch.tensor(picked + rest[:k - len(picked)], dtype=torch.long)
 
 
 def _match_channels(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

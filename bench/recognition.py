@@ -3,7 +3,8 @@ verification (ALGORITHMS §0.2, §0.3, §8 "Verification accuracy").
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import timm
 import torch
@@ -112,11 +113,48 @@ def _identity_encode(x: Tensor, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _lr_at(cfg: RecognizerConfig, epoch: int) -> float:
+def lr_at(cfg: RecognizerConfig, epoch: int) -> float:
     """Step schedule ×0.1 at each milestone, with optional linear warm-up."""
     if epoch < cfg.warmup_epochs:
         return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
     return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+
+
+#: ``step_loss(idx, flip)`` → the loss on training examples ``idx``, image-flipped where ``flip``.
+StepLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: RecognizerConfig,
+               gen: torch.Generator, desc: str, progress: bool) -> None:
+    """The harness's one recognizer training loop: SGD with momentum and weight decay on the step
+    schedule, a fresh permutation per epoch, half of each batch flipped, the ragged last batch
+    dropped (BatchNorm needs > 1 sample), and a one-line error when the loss stops being finite."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    size = min(cfg.batch_size, n)
+    steps = max(1, n // size)
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for step in range(steps):
+            idx = order[step * size : (step + 1) * size]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            loss = step_loss(idx, flip)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch}; "
+                                    "lower the learning rate (--set recognizer.lr=...)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        bar.set_postfix(loss=f"{total / steps:.3f}")
+
+
+def flip_where(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images of ``x`` (N, C, H, W) where ``flip`` is set."""
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def train_recognizer(faces: FaceSet, ctx: Context, defense: Any = None,
@@ -134,59 +172,40 @@ def train_recognizer(faces: FaceSet, ctx: Context, defense: Any = None,
         in_shape = tuple(encode(faces.images[:2], torch.Generator().manual_seed(0)).shape[1:])
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))  # weight init only
     model = Recognizer(cfg, in_shape, faces.num_identities).to(ctx.device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    n = len(faces)
-    batch = min(cfg.batch_size, n)
-    steps = max(1, n // batch)  # drop the ragged last batch: BatchNorm needs > 1 sample
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not ctx.progress, leave=False)
+
+    def step_loss(idx: Tensor, flip: Tensor) -> Tensor:
+        x = flip_where(faces.images[idx], flip).to(ctx.device)
+        y = faces.labels[idx].to(ctx.device)
+        return defense.train_step(model, x, y, gen) if defense is not None else model.loss(x, y)
+
     model.train()
-    for epoch in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(cfg, epoch)
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for step in range(steps):
-            idx = order[step * batch : (step + 1) * batch]
-            x, y = faces.images[idx], faces.labels[idx]
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if defense is not None:
-                loss = defense.train_step(model, x.to(ctx.device), y.to(ctx.device), gen)
-            else:
-                loss = model.loss(x.to(ctx.device), y.to(ctx.device))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch}; "
-                                    "lower --set recognizer.lr=...")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        bar.set_postfix(loss=f"{total / steps:.3f}")
+    sgd_epochs(list(model.parameters()), step_loss, len(faces), cfg, gen, desc, ctx.progress)
     test_encode = defense.test_encode if defense is not None else _identity_encode
-    recalibrate_batchnorm(model, faces.images, test_encode, gen, batch)
-    model.eval()
+    size = max(2, min(cfg.batch_size, len(faces)))
+    recalibrate_batchnorm(model, (test_encode(c.to(ctx.device), gen) for c in faces.images.split(size)))
     return model
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: Tensor, encode: Encoder,
-                          gen: torch.Generator, batch: int) -> None:
-    """Re-estimate BatchNorm statistics with one pass over the training set at test-time encoding
-    ("precise BN"): running averages lag far behind the weights on short CPU schedules, and
-    test-time inputs (unmixed) differ from training inputs (mixed) for the mixing defenses."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor],
+                          scope: nn.Module | None = None) -> None:
+    """Re-estimate the BatchNorm statistics of ``scope`` (default: all of ``model``) with one pass
+    of ``model`` over ``batches`` of test-time inputs ("precise BN"): running averages lag far
+    behind the weights on short CPU schedules, and test-time inputs (unmixed) differ from training
+    inputs (mixed) for the mixing defenses. Modules outside ``scope`` (e.g. DuetFace's frozen
+    client) stay in eval mode and keep their statistics. Leaves ``model`` in eval mode."""
+    norms = [m for m in (scope or model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
     if not norms:
         return
     device = next(model.parameters()).device
-    model.eval()
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the pass
         bn.train()
-    for chunk in images.split(max(2, batch)):
+    for chunk in batches:
         if len(chunk) > 1:
-            model(encode(chunk.to(device), gen).to(device))
+            model(chunk.to(device))
     for bn in norms:
         bn.momentum = 0.1
     model.eval()

@@ -196,6 +196,35 @@ def table1(records: list[dict[str, Any]]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def table1_gaps(records: list[dict[str, Any]]) -> list[str]:
+    """Defenses a run lacks for a two-sided Table 1: the RGB (or FD) partner of each MixUp /
+    InstaHide defense it has."""
+    have = {r["defense"] for r in records}
+    partner = {"_rgb": "_fd", "_fd": "_rgb"}
+    missing = []
+    for name in sorted(have):
+        base, _, variant = name.partition(".")
+        if base not in TABLE1_BASES:
+            continue
+        stem, _, side = base.rpartition("_")
+        other = f"{stem}{partner['_' + side]}" + (f".{variant}" if variant else "")
+        if other not in have and other not in missing:
+            missing.append(other)
+    return missing
+
+
+def report_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One-line notes a reader of the tables needs: substitutes used, half-empty tables."""
+    notes = []
+    metric = records[0].get("perceptual_metric") if records else None
+    if metric and metric != "lpips":
+        notes.append(f"S1/S3 use {metric}; set metrics.lpips_weights to the AlexNet weights for LPIPS")
+    gaps = table1_gaps(records)
+    if gaps:
+        notes.append(f"table1.csv is one-sided; add {','.join(gaps)} to --defenses for the other column")
+    return notes
+
+
 def own_k_values(rec: dict[str, Any]) -> list[int]:
     """The k an AdaMixUp variant may choose: ``record.k_values`` (or the option of that name),
     else the k its ``record.k_share`` mentions."""

@@ -37,7 +37,7 @@ from bench.config import RecognizerConfig
 from bench.context import Context, derive_seed
 from bench.data.facedata import FaceData
 from bench.errors import ConfigError, TrainingError
-from bench.recognition import _lr_at, build_backbone
+from bench.recognition import build_backbone, lr_at
 from bench.registry import DEFENSES
 from defenses.mixing import Mixed, RandomSource, check_cap, check_k
 from defenses.mixup import MixingDefense
@@ -224,7 +224,7 @@ class AdaMixup(MixingDefense):
         """The recognizer's lr at the current epoch (its loop calls train_step once per batch)."""
         if self._rcfg is None:
             return 0.0
-        return _lr_at(self._rcfg, self._step // self._steps_per_epoch)
+        return lr_at(self._rcfg, self._step // self._steps_per_epoch)
 
     # -- leak / record ------------------------------------------------------------------------------
     def leak_k(self, src: RandomSource) -> int:

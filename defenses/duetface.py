@@ -44,7 +44,7 @@ from bench.config import RecognizerConfig
 from bench.context import Context
 from bench.data.facedata import FaceData
 from bench.errors import ConfigError, TrainingError
-from bench.recognition import ArcFaceHead, build_backbone, verify
+from bench.recognition import ArcFaceHead, build_backbone, flip_where, verify
 from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 from defenses.bdct import BLOCK, bdct, ibdct, to_ycbcr
@@ -254,7 +254,7 @@ class DuetFace(Defense):
 
         def batch(idx: Tensor, flip: Tensor) -> Tensor:
             x = images[idx]
-            return self.encode(torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x), gen)
+            return self.encode(flip_where(x, flip), gen)
 
         shape = tuple(self.encode(images[:2], gen).shape[1:])
         side = min(shape[1:])

@@ -141,8 +141,8 @@ class MixingDefense(Defense):
         """Attacker pairs: mixed auxiliary faces → their slot-0 originals (real randomness);
         stolen ``inputs``: the test faces mixed in batches, row ``i`` having test face ``i`` in
         slot 0 (its scoring target). ``extra`` holds what the attacker knows from its own
-        simulation (membership/coefficients of its pairs) and, under ``oracle_*``, the true
-        membership of the stolen mixtures for oracle-assignment attacks (§7.3 step 5) only."""
+        simulation (membership/coefficients of its pairs); ``oracle`` the true membership of the
+        stolen mixtures (never handed to attacks)."""
         gen = ctx.generator("leak", self.name)
         batch = ctx.recognizer.batch_size if ctx.recognizer is not None else 32
         rounds = self.options.leak_rounds
@@ -154,10 +154,10 @@ class MixingDefense(Defense):
         extra = {"mixing": {"space": self.space, "signs": self.signs, "cap": self.options.cap,
                             "k_share": self.record.get("k_share")},
                  "train_members": torch.cat([t[1] for t in tr]),
-                 "train_coefficients": torch.cat([t[2] for t in tr]),
-                 "oracle_members": members, "oracle_coefficients": coeffs}
+                 "train_coefficients": torch.cat([t[2] for t in tr])}
         return Leak(train_inputs, train_targets, inputs, data.test.images, data.test.labels,
-                    views=self.view(inputs), extra=extra)
+                    views=self.view(inputs), extra=extra,
+                    oracle={"members": members, "coefficients": coeffs})
 
     @torch.no_grad()
     def mix_dataset(self, images: Tensor, batch: int,

@@ -17,3 +17,14 @@ TINY_SETTINGS = [
 @pytest.fixture
 def tiny_settings() -> list[str]:
     return list(TINY_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a busy
+    machine). Modules of tiny-model tests use it with ``pytestmark`` (module scope, so it
+    also covers their module-scoped fixtures); the setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,15 +14,7 @@ from defenses.mixing import TorchRandom
 
 G = lambda s=0: torch.Generator().manual_seed(s)  # noqa: E731
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a
-    busy machine), so these tests run on one and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = RecognizerConfig(widths=(4, 4, 8, 8), embedding_dim=8, epochs=2, batch_size=8,
@@ -110,7 +102,7 @@ def test_training_records_k_shares_and_the_defense_pickles():
     buf.seek(0)
     again = torch.load(buf, weights_only=False)
     leak = again.leak(data, Context(seed=0, progress=False, recognizer=TINY))
-    used = {int((row >= 0).sum()) for row in leak.extra["oracle_members"]}
+    used = {int((row >= 0).sum()) for row in leak.oracle["members"]}
     assert used <= {k for k in (2, 3, 4) if rec["k_counts"][str(k)] > 0}
     assert leak.inputs.shape == (24, 63, 2, 2) and leak.views.shape == (24, 1, 16, 16)
 

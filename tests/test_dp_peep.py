@@ -9,15 +9,7 @@ from defenses.dp_peep import DpPeep, laplace
 
 G = lambda s=0: torch.Generator().manual_seed(s)  # noqa: E731
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a
-    busy machine), so these tests run on one and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=12, side=16):

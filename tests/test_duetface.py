@@ -14,14 +14,7 @@ from defenses.mobilefacenet import MobileFaceNet
 
 load_builtin_plugins()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (and immune to OpenMP stalls on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=2, batch_size=16, lr=0.05,
                         milestones=(), warmup_epochs=0, dropout=0.0, arcface_s=16.0)

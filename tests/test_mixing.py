@@ -15,15 +15,7 @@ from defenses.mixup import InstahideFd, InstahideRgb, MaskingMixup, MixupFd, Mix
 
 G = lambda s=0: torch.Generator().manual_seed(s)  # noqa: E731
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a
-    busy machine), so these tests run on one and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = RecognizerConfig(widths=(4, 4, 8, 8), embedding_dim=8, epochs=1, batch_size=8,
@@ -126,7 +118,7 @@ def test_leak_targets_are_slot0_originals_and_inputs_their_mixtures():
     d = MixupFd(k=3, cap=0.6)
     d.name = "mixup_fd"
     leak = d.leak(data, Context(seed=0, progress=False, recognizer=TINY))
-    members, co = leak.extra["oracle_members"], leak.extra["oracle_coefficients"]
+    members, co = leak.oracle["members"], leak.oracle["coefficients"]
     assert torch.equal(members[:, 0], torch.arange(len(faces)))
     assert torch.equal(leak.targets, faces.images) and torch.equal(leak.train_targets, faces.images)
     z = bdct_image(faces.images)
@@ -134,7 +126,9 @@ def test_leak_targets_are_slot0_originals_and_inputs_their_mixtures():
     assert torch.allclose(leak.inputs, expect, atol=1e-4)
     assert not torch.allclose(leak.inputs, z, atol=1e-3)  # really mixed
     assert leak.views.shape == faces.images.shape
-    assert "oracle_members" in leak.for_attacker().extra  # for oracle attacks (§7.3 step 5) only
+    seen = leak.for_attacker()
+    assert not seen.oracle and seen.targets is None  # the true membership never reaches attacks
+    assert "train_members" in seen.extra  # the attacker's own simulation does
 
 
 def test_training_records_k_share_with_string_keys():

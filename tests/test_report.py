@@ -180,3 +180,15 @@ def test_a_failing_figure_does_not_fail_the_report(tmp_path, monkeypatch):
         written = build_report(run_dir)
     assert "fig_privacy_utility" not in written and "fig_reconstructions" in written
     assert written["report_html"].exists()
+
+
+def test_one_sided_table1_is_named_with_the_defenses_that_complete_it():
+    from bench.report import report_notes, table1_gaps
+
+    recs = lambda *names: [{"defense": n, "perceptual_metric": "lpips"} for n in names]  # noqa: E731
+    assert table1_gaps(recs("mixup_fd", "instahide_fd", "none")) == ["instahide_rgb", "mixup_rgb"]
+    assert table1_gaps(recs("mixup_fd", "mixup_rgb", "instahide_rgb.k3")) == ["instahide_fd.k3"]
+    assert table1_gaps(recs("mixup_fd", "mixup_rgb", "ppfr_fd")) == []
+    assert report_notes(recs("none")) == []
+    notes = report_notes([{"defense": "mixup_fd", "perceptual_metric": "dssim (LPIPS unavailable)"}])
+    assert len(notes) == 2 and "dssim" in notes[0] and "mixup_rgb" in notes[1]
