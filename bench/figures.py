@@ -325,7 +325,8 @@ def advface_eps(records: list[dict[str, Any]], path: Path) -> bool:
         eps = (r.get("defense_options") or {}).get("eps")
         if base_name(r["defense"]) != "advface" or eps is None or r.get("status", "ok") != "ok":
             continue
-        others = {k: v for k, v in sorted((r.get("defense_options") or {}).items()) if k != "eps"}
+        others = {k: v for k, v in sorted((r.get("defense_options") or {}).items())
+                  if k not in ("eps", "alpha")}  # the sweep variants move α with ε
         rows.append({"rec": r, "eps": float(eps), "line": (r["attack"], repr(others))})
     if len({row["eps"] for row in rows}) < 2:
         return False

@@ -121,6 +121,7 @@ class Pipeline:
             model = train_recognizer(data.train, ctx, desc="baseline recognizer")
             accuracy = {v.name: verify(model, v) for v in data.verification}
             return {"model": model.cpu(), "accuracy": accuracy, "seconds": time.time() - t0,
+                    "threads": torch.get_num_threads(),
                     **self._thresholds(model, data)}
 
         return self.store.get_or_compute("baseline", self.baseline_key(seed), compute)
@@ -160,7 +161,8 @@ class Pipeline:
             gen = ctx.generator("verify", name)
             accuracy = {v.name: verify(model, v, defense.test_encode, gen) for v in data.verification}
             return {"defense": defense, "model": model.cpu(), "accuracy": accuracy,
-                    "seconds": time.time() - t0, "record": getattr(defense, "record", {})}
+                    "seconds": time.time() - t0, "threads": torch.get_num_threads(),
+                    "record": getattr(defense, "record", {})}
 
         return self.store.get_or_compute("defense_recognizer", self.recognizer_key(seed, name), compute)
 
@@ -180,7 +182,8 @@ class Pipeline:
             t0 = time.time()
             recon = attack.run(self.leak(cell.seed, cell.defense).for_attacker(),
                                self.context(cell.seed, cell.attack))
-            return {"status": "ok", "reconstruction": recon, "seconds": time.time() - t0}
+            return {"status": "ok", "reconstruction": recon, "seconds": time.time() - t0,
+                    "threads": torch.get_num_threads()}
 
         return self.store.get_or_compute("attack", self.attack_key(cell), compute)
 
@@ -196,6 +199,10 @@ class Pipeline:
                 "record": recog.get("record", {}),
                 "seconds": {"baseline": base["seconds"], "defense_recognizer": recog["seconds"],
                             "attack": attack["seconds"]},
+                # CPU float reductions depend on the intra-op thread count, so it is provenance
+                "torch_threads": {"baseline": base.get("threads"),
+                                  "defense_recognizer": recog.get("threads"),
+                                  "attack": attack.get("threads")},
             }
             if attack["status"] == "ok":
                 leak = self.leak(cell.seed, cell.defense)

@@ -23,11 +23,12 @@ feature units. The server perturbs each distinct uploaded feature once and store
 adversarial feature, and the attacker steals exactly what is stored.
 
 Note: with ``pgd_bound='per_step'`` each step is ``clamp(α·sign(g), −ε, ε)``, so ε ≥ α gives
-the same features as ε = α (the ε sweep saturates above 0.20 unless α is raised too).
+the same features as ε = α. The ε-sweep variants therefore tie α to ε ([ASSUMP]: the only reading
+under which Fig. 4's curve can move above ε = 0.20; below it the result is the same as α = 0.2).
 
 Variants: ``advface.offline``; ``advface.shadow_urec`` / ``advface.shadow_transrec`` (shadow ×
-attacker transfer, [A] Table 4); ``advface.eps0.00`` … ``advface.eps0.30`` (Fig. 4). Every
-variant's registry options carry ``mode``, ``shadow`` and ``eps``.
+attacker transfer, [A] Table 4); ``advface.eps0.00`` … ``advface.eps0.30`` (Fig. 4, α = ε).
+Every variant's registry options carry ``mode``, ``shadow`` and ``eps``.
 """
 from __future__ import annotations
 
@@ -160,13 +161,13 @@ def _variant(variant: str, **options: Any) -> Any:
 @_variant("offline", mode="offline")
 @_variant("shadow_urec", shadow="urec")
 @_variant("shadow_transrec", shadow="transrec")
-@_variant("eps0.00", eps=0.0)
-@_variant("eps0.05", eps=0.05)
-@_variant("eps0.10", eps=0.10)
-@_variant("eps0.15", eps=0.15)
-@_variant("eps0.20", eps=0.20)
-@_variant("eps0.25", eps=0.25)
-@_variant("eps0.30", eps=0.30)
+@_variant("eps0.00", eps=0.0, alpha=0.0)
+@_variant("eps0.05", eps=0.05, alpha=0.05)
+@_variant("eps0.10", eps=0.10, alpha=0.10)
+@_variant("eps0.15", eps=0.15, alpha=0.15)
+@_variant("eps0.20", eps=0.20, alpha=0.20)
+@_variant("eps0.25", eps=0.25, alpha=0.25)
+@_variant("eps0.30", eps=0.30, alpha=0.30)
 class AdvFace(FeatureDefense):
     """AdvFace (ALGORITHMS §6): PGD on client features against a shadow decoder; online (Ψ
     unchanged) or offline (Ψ fine-tuned on adversarial features)."""

@@ -149,6 +149,9 @@ def test_variants_and_options():
         opts = DEFENSES.get(v).options
         assert {"mode", "shadow", "eps"} <= set(opts)
     assert DEFENSES.get("advface.eps0.05").options["eps"] == 0.05
+    for e in EPS_SWEEP:  # α moves with ε, or the per-step bound would flatten the sweep above α
+        opts = DEFENSES.get(f"advface.eps{e:.2f}").options
+        assert opts["alpha"] == opts["eps"] == e
     assert DEFENSES.get("advface.shadow_urec").create().options.shadow == "urec"
     assert DEFENSES.names("advface.eps*") == [f"advface.eps{e:.2f}" for e in EPS_SWEEP]
     assert DEFENSES.get("advface").factory.domain == "feature"
@@ -156,3 +159,14 @@ def test_variants_and_options():
         DEFENSES.create("advface", pgd_bound="sideways")
     with pytest.raises(ConfigError, match="shadow"):
         DEFENSES.create("advface", shadow="gan")
+
+
+def test_the_eps_sweep_keeps_moving_above_the_default_step(shadow_and_features):
+    """Fig. 4: larger ε (with α = ε) pushes the features further from the shadow's start point."""
+    shadow, extractor, z = shadow_and_features
+    with torch.no_grad(), batch_statistics(shadow):
+        z0 = extractor(shadow(z))
+    drift = [(adversarial_features(shadow, extractor, z, eps=e, alpha=e, iterations=4) - z0)
+             .abs().mean().item() for e in (0.0, 0.1, 0.2, 0.3)]
+    assert drift[0] == 0 and drift == sorted(drift) and drift[3] > drift[2] * 1.2, drift
+
