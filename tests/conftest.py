@@ -28,3 +28,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def context_with_random_baseline(data, cfg):
+    """A seed-0 context whose baseline F1 is a randomly initialised recognizer for ``data``'s
+    1×32×32 faces: client/server splits and feature defenses need its shape, not its skill."""
+    from bench.context import Context
+    from bench.recognition import Recognizer
+
+    torch.manual_seed(0)
+    ctx = Context(seed=0, progress=False, recognizer=cfg)
+    ctx.baseline = Recognizer(cfg, (1, 32, 32), data.train.num_identities).eval()
+    return ctx
+

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from attacks.decoders import build_decoder
+from conftest import context_with_random_baseline
 from bench.config import DataConfig, RecognizerConfig
-from bench.context import Context
 from bench.data.orl import load_orl
 from bench.errors import ConfigError
-from bench.recognition import Recognizer, embed
+from bench.recognition import embed
 from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.advface import EPS_SWEEP, adversarial_features, batch_statistics
 from defenses.feature_split import freeze, split_aux, split_recognizer
@@ -31,10 +31,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def ctx(data):
-    torch.manual_seed(0)
-    c = Context(seed=0, progress=False, recognizer=TINY)
-    c.baseline = Recognizer(TINY, (1, 32, 32), data.train.num_identities).eval()
-    return c
+    return context_with_random_baseline(data, TINY)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from attacks.base import Leak, Reconstruction
 from attacks.decoders import DECODERS, build_decoder
+from conftest import context_with_random_baseline
 from bench.config import DataConfig, RecognizerConfig, RunConfig
-from bench.context import Context
 from bench.data.orl import load_orl
 from bench.errors import ConfigError
 from bench.recognition import Recognizer
@@ -32,11 +32,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def ctx(data):
-    """A context holding a (randomly initialised: the split does not care) baseline F1."""
-    torch.manual_seed(0)
-    c = Context(seed=0, progress=False, recognizer=TINY)
-    c.baseline = Recognizer(TINY, (1, 32, 32), data.train.num_identities).eval()
-    return c
+    return context_with_random_baseline(data, TINY)
 
 
 @pytest.mark.parametrize("split_at", SPLIT_POINTS)
