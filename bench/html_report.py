@@ -82,7 +82,7 @@ def png_data_uri(path: Path) -> str:
 
 
 def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],
-           skipped: list[str]) -> str:
+           skipped: list[str], gaps: list[str] = ()) -> str:
     """The report's HTML text."""
     from bench.figures import FIGURE_CAPTIONS
     from bench.report import TABLE_TITLES
@@ -112,6 +112,10 @@ def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Pa
         parts.append(f"<p class='warn'>S1/S3 use <b>{html.escape(', '.join(sorted(metric)))}</b>, "
                      "not LPIPS (no AlexNet weights given): compare them only with runs that say "
                      "the same.</p>")
+    if gaps:
+        parts.append("<p class='warn'>Table 1 is one-sided: run "
+                     + ", ".join(f"<code>{html.escape(g)}</code>" for g in gaps)
+                     + " too for the other column.</p>")
     if skipped:
         parts.append("<p class='warn'>Damaged cell files, skipped: "
                      + ", ".join(f"<code>{html.escape(s)}</code>" for s in skipped) + "</p>")
@@ -134,8 +138,8 @@ def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Pa
 
 
 def write_html(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],
-               skipped: list[str]) -> Path:
+               skipped: list[str], gaps: list[str] = ()) -> Path:
     """Write ``run_dir/report.html`` atomically; return its path."""
     path = Path(run_dir) / "report.html"
-    atomic_write_text(path, render(run_dir, tables, figures, skipped))
+    atomic_write_text(path, render(run_dir, tables, figures, skipped, gaps))
     return path

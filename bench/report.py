@@ -393,7 +393,7 @@ def build_report(run_dir: Path, figures: bool = True, html: bool = True) -> dict
     if html:
         from bench.html_report import write_html
 
-        out["report_html"] = write_html(run_dir, tables, figs, skipped)
+        out["report_html"] = write_html(run_dir, tables, figs, skipped, table1_gaps(records))
     return out
 
 

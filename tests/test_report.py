@@ -192,3 +192,9 @@ def test_one_sided_table1_is_named_with_the_defenses_that_complete_it():
     assert report_notes(recs("none")) == []
     notes = report_notes([{"defense": "mixup_fd", "perceptual_metric": "dssim (LPIPS unavailable)"}])
     assert len(notes) == 2 and "dssim" in notes[0] and "mixup_rgb" in notes[1]
+
+
+def test_report_html_names_the_defenses_a_one_sided_table1_lacks(tmp_path):
+    run_dir = make_run(tmp_path, defenses=["none", "mixup_fd"], attacks=("cgan",), seeds=(0,))
+    html = build_report(run_dir, figures=False)["report_html"].read_text()
+    assert "Table 1 is one-sided" in html and "<code>mixup_rgb</code>" in html
