@@ -84,7 +84,10 @@ def build_leaderboard(results_dir: Path) -> pd.DataFrame:
     out["runs"] = g["run_id"].agg(lambda s: ";".join(sorted(set(s))))
     out["harness_version"] = g["harness_version"].agg(
         lambda s: ";".join(sorted({str(x) for x in s if x is not None and x == x})))
-    return out.reset_index()
+    out = out.reset_index()
+    # readable order: one block per dataset/preset/metric, defenses alphabetically within it
+    return out.sort_values(["dataset", "preset", "perceptual_metric", "defense", "attack",
+                            "settings"], kind="stable").reset_index(drop=True)
 
 
 def write_leaderboard(results_dir: Path, path: Path | None = None) -> tuple[Path, pd.DataFrame]:

@@ -70,3 +70,10 @@ def test_committed_leaderboard_has_the_schema():
     for col in KEY + ["n_seeds", "seeds", "runs", "harness_version", "SSIM", "SSIM_std"]:
         assert col in board.columns
     assert not board.duplicated(subset=KEY).any()
+
+
+def test_rows_are_ordered_by_defense_then_attack(tmp_path):
+    make_run(tmp_path, "b", defenses=("ppfr_fd", "none"), attacks=("resrec", "cgan"))
+    table = build_leaderboard(tmp_path)
+    pairs = list(zip(table["defense"], table["attack"]))
+    assert pairs == sorted(pairs)
