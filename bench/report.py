@@ -30,6 +30,8 @@ from bench.store import atomic_write_text
 
 PRIVACY_COLUMNS = ["S1", "S2", "S3", "S4", "SSIM", "PSNR", "MSE", "SRRA", "SRRA_far1e-3"]
 RECON_COLUMNS = ["SSIM", "PSNR", "MSE", "SRRA"]  # [A] Table 1
+#: identity scores from the independent pretrained evaluator (``--evaluator dlib``), when run
+INDEPENDENT_COLUMNS = ["dlib_similarity", "dlib_SRRA"]
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ def cells_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             row[f"acc_{vset}"] = 100.0 * acc["accuracy_mean"]
         privacy = rec.get("privacy") or {}
         row.update({k: _num(privacy.get(k)) for k in PRIVACY_COLUMNS + ["raw_pp"]})
+        row.update({k: _num(privacy[k]) for k in INDEPENDENT_COLUMNS if k in privacy})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -105,6 +108,11 @@ def _num(v: Any) -> float:
         return math.nan if v is None else float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+def independent_columns(df: pd.DataFrame) -> list[str]:
+    """The independent evaluator's columns, when any cell of ``df`` has them."""
+    return [c for c in INDEPENDENT_COLUMNS if c in df and df[c].notna().any()]
 
 
 def acc_columns(df: pd.DataFrame) -> list[str]:
@@ -135,7 +143,7 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return df
     acc_cols = acc_columns(df)
-    num_cols = acc_cols + PRIVACY_COLUMNS + ["raw_pp"]
+    num_cols = acc_cols + PRIVACY_COLUMNS + ["raw_pp"] + independent_columns(df)
     grouped = mean_std(df, ["defense", "attack"], num_cols)
     firsts = df.groupby(["defense", "attack"], sort=False).agg(
         {"protected": "first", "perceptual_metric": "first"}).reset_index()
@@ -290,10 +298,11 @@ def advface_table1(records: list[dict[str, Any]]) -> pd.DataFrame:
         df = df[df["attack"] == "resrec"]
     if df.empty:
         return pd.DataFrame()
-    agg = mean_std(df, ["defense", "attack", "dataset"], RECON_COLUMNS)
+    recon = RECON_COLUMNS + independent_columns(df)
+    agg = mean_std(df, ["defense", "attack", "dataset"], recon)
     out = None
     for dataset, sub in agg.groupby("dataset", sort=False):
-        cols = RECON_COLUMNS + [f"{c}_std" for c in RECON_COLUMNS] + ["n_seeds"]
+        cols = recon + [f"{c}_std" for c in recon] + ["n_seeds"]
         sub = sub.set_index(["defense", "attack"])[cols]
         sub.columns = [f"{dataset}_{c}" for c in cols]
         out = sub if out is None else out.join(sub, how="outer")

@@ -198,3 +198,18 @@ def test_report_html_names_the_defenses_a_one_sided_table1_lacks(tmp_path):
     run_dir = make_run(tmp_path, defenses=["none", "mixup_fd"], attacks=("cgan",), seeds=(0,))
     html = build_report(run_dir, figures=False)["report_html"].read_text()
     assert "Table 1 is one-sided" in html and "<code>mixup_rgb</code>" in html
+
+
+def test_independent_evaluator_scores_reach_the_tables_only_when_measured(tmp_path):
+    from bench.report import advface_table1
+
+    run_dir = make_run(tmp_path, defenses=["none", "advface"], attacks=("resrec",), seeds=(0,))
+    assert "dlib_SRRA" not in table2(load_cells(run_dir)).columns
+    for path in (run_dir / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["privacy"].update(dlib_similarity=0.9, dlib_SRRA=0.25)
+        path.write_text(json.dumps(rec))
+    records = load_cells(run_dir)
+    t2 = table2(records).set_index("Method")
+    assert t2.loc["advface", "dlib_SRRA"] == 0.25 and t2.loc["none", "dlib_similarity"] == 0.9
+    assert advface_table1(records).iloc[0]["orl_dlib_SRRA"] == 0.25
