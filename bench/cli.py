@@ -120,8 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = run_matrix(cfg, defenses, attacks, Path(args.results), args.run_id, args.jobs,
                          progress=not args.no_progress)
     written = build_report(run_dir)
-    print(format_table(table2(load_cells(run_dir))))
-    for note in report_notes(load_cells(run_dir)):
+    records = load_cells(run_dir)
+    print(format_table(table2(records)))
+    for note in report_notes(records):
         print(f"note: {note}")
     print(f"wrote {written['table2']}, {written.get('report_html', 'no report.html')} and "
           f"{run_dir / 'cells'}")

@@ -291,7 +291,8 @@ def sample_indices(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
     for i, y in enumerate(labels.tolist()):
         first.setdefault(int(y), i)
     picked = list(first.values())[:k]
-    rest = [i for i in range(n) if i not in set(picked)]
+    taken = set(picked)
+    rest = [i for i in range(n) if i not in taken]
     return torch.tensor(picked + rest[:k - len(picked)], dtype=torch.long)
 
 
