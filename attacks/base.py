@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.context import Context
 
@@ -69,6 +69,28 @@ class Attack(ABC):
     @abstractmethod
     def run(self, leak: Leak, ctx: Context) -> Reconstruction:
         """Train on ``leak.train_*`` and reconstruct ``leak.inputs``."""
+
+    # -- cost estimates (``bench.plan``) --------------------------------------------------------------
+    @property
+    def epochs(self) -> int:
+        """Training epochs over the attacker's pairs (its ``epochs`` option; 1 without one)."""
+        return int(getattr(self.options, "epochs", 1))
+
+    def training_models(self, in_shape: tuple[int, ...],
+                        image_shape: tuple[int, int, int]) -> dict[str, "ModelSpec"]:
+        """The networks :meth:`run` trains, freshly built, for leaked representations of
+        ``in_shape`` and target images of ``image_shape`` (both per sample). Default: none (an
+        attack that trains nothing)."""
+        return {}
+
+
+class ModelSpec(NamedTuple):
+    """A network an attack trains, as cost estimates see it (:meth:`Attack.training_models`)."""
+
+    module: nn.Module
+    input_shape: tuple[int, ...]  # per sample, as the attack feeds it (after any resize/pad)
+    passes: float = 3.0  # forward-pass equivalents per training sample (forward + backward = 3)
+    inference: bool = True  # also runs once per stolen input at reconstruction time
 
 
 def option_names(options_cls: type) -> list[str]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Attack, Leak, Reconstruction
+from attacks.base import Attack, Leak, ModelSpec, Reconstruction
 from attacks.pix2pix import NLayerDiscriminator, UnetGenerator, auto_num_downs
 from attacks.train_loop import (Standardizer, check_leak, check_positive, crop_to,
                                 eval_keep_dropout, pad_to, predict, resize, seeded,
@@ -149,3 +149,17 @@ class CganAttack(Attack):
                                             "final_g_gan": losses.get("g_gan"),
                                             "final_d": losses.get("d"), "epochs": o.epochs,
                                             "num_downs": num_downs})
+
+    def training_models(self, in_shape: tuple[int, ...],
+                        image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:
+        """G and D as :meth:`run` builds them, on the padded working grid. Passes per sample and
+        step: G forward + backward (3); D forward + backward on the fake and on the real pair
+        (3 + 3), then forward + input-gradient backward in G's step (2)."""
+        o = self.options
+        out_c, H, W = image_shape
+        num_downs = o.num_downs or auto_num_downs((H, W))
+        side = max(2 ** num_downs, 32)  # as in run: the condition is upsampled and padded
+        G = UnetGenerator(in_shape[0], out_c, num_downs, o.ngf, use_dropout=o.dropout)
+        D = NLayerDiscriminator(in_shape[0] + out_c, o.ndf, o.n_layers)
+        return {"G": ModelSpec(G, (in_shape[0], side, side), 3.0),
+                "D": ModelSpec(D, (in_shape[0] + out_c, side, side), 8.0, inference=False)}

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Attack, Leak, Reconstruction
+from attacks.base import Attack, Leak, ModelSpec, Reconstruction
 from attacks.train_loop import (Standardizer, check_leak, check_positive, crop_to, pad_to,
                                 predict, resize, seeded, train_epochs)
 from bench.context import Context
@@ -224,6 +224,12 @@ class DecoderAttack(Attack):
             images = predict(lambda r: net(r.to(device)), test_r, max(o.batch_size, 64))
         return Reconstruction(images.clamp(0, 1), info={"final_l1": losses.get("l1"),
                                                         "epochs": o.epochs})
+
+    def training_models(self, in_shape: tuple[int, ...],
+                        image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:
+        """The decoder :meth:`run` trains (L1: forward + backward per sample)."""
+        net = build_decoder(self.kind, tuple(in_shape), tuple(image_shape), self.options.width)
+        return {self.kind: ModelSpec(net, tuple(in_shape))}
 
 
 @ATTACKS.register("resrec")

@@ -15,6 +15,7 @@ EPILOG = """examples:
   python -m bench run                                   # none,ppfr_fd x cgan on the embedded ORL faces
   python -m bench run --defenses 'masking_*,none' --attacks cgan --seeds 0,1,2
   python -m bench run --set recognizer.epochs=5 --set attacks.cgan.epochs=2
+  python -m bench run --preset paper --dataset folder --data-root /data/casia --dry-run
   python -m bench list
   python -m bench report results/runs/<run-id>          # tables, figures, report.html
   python -m bench leaderboard                           # rebuild results/leaderboard.csv
@@ -46,8 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default="results", help="results folder (runs/ and cache/ go here)")
     run.add_argument("--run-id", default=None, help="run folder name (default: derived from the config)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the recognizers' backbones (recognizer.compile=true; worth "
+                          "it on a GPU for long trainings, slower to start)")
     run.add_argument("--evaluator", default=None, choices=["none", "dlib"],
                      help="independent identity evaluator (dlib needs: pip install 'faceprivbench[dlib]')")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan instead of running: per cell and stage whether the store "
+                          "already holds it, the model it trains, its parameters, FLOPs and hours "
+                          "left; trains and writes nothing")
+    # default: bench.plan.DEFAULT_TFLOPS (not imported here: the parser stays light)
+    run.add_argument("--throughput-tflops", type=float, default=100.0, metavar="TFLOPS",
+                     help="sustained training throughput the --dry-run hours assume (100: a bf16 "
+                          "data-centre GPU; a laptop CPU sustains about 0.1)")
 
     sub.add_parser("list", help="list registered defenses, attacks, datasets and presets")
 
@@ -104,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["seeds"] = _seeds(args.seeds)
     if args.device:
         extra["device"] = args.device
+    if args.compile:
+        extra["recognizer"] = {"compile": True}
     if args.evaluator:
         extra["metrics"] = {"evaluator": args.evaluator}
         if args.evaluator == "dlib":
@@ -117,6 +131,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         DEFENSES.create(name, **_opts(cfg.defenses, name))
     for name in attacks:
         ATTACKS.create(name, **_opts(cfg.attacks, name))
+    if args.dry_run:  # after every check above, before anything is trained or written
+        from bench.plan import format_plan, plan_matrix
+
+        if not args.throughput_tflops > 0:
+            raise ConfigError(f"--throughput-tflops must be > 0, got {args.throughput_tflops}")
+        print(format_plan(plan_matrix(cfg, defenses, attacks, Path(args.results)),
+                          args.throughput_tflops))
+        return 0
     run_dir = run_matrix(cfg, defenses, attacks, Path(args.results), args.run_id, args.jobs,
                          progress=not args.no_progress)
     written = build_report(run_dir)

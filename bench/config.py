@@ -30,6 +30,9 @@ class DataConfig:
     num_pairs: int = 300  # verification pairs drawn from the test split
     limit_identities: int = 0  # 0 = all; >0 keeps the first N identities (tiny test runs)
     verification: list[str] = field(default_factory=list)  # extra .bin files / LFW folders
+    workers: int = 2  # DataLoader worker processes decoding a streamed training set
+    max_aux_images: int = 0  # streamed sets: cap of the in-memory aux split (whole identities; 0 = all)
+    max_test_images: int = 0  # streamed sets: cap of the in-memory test split (0 = all)
 
     def validate(self) -> None:
         if self.image_size < 16 or self.image_size % 8:
@@ -40,13 +43,19 @@ class DataConfig:
             raise ConfigError(f"data.split needs three positive fractions, got {self.split}")
         if self.num_pairs < 10:
             raise ConfigError(f"data.num_pairs must be >= 10, got {self.num_pairs}")
+        for name in ("workers", "max_aux_images", "max_test_images"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class RecognizerConfig:
     """Face recognizer and its ArcFace recipe (ALGORITHMS §0.2)."""
 
-    backbone: str = "resnet18"  # any timm ResNet-family name
+    backbone: str = "resnet18"  # ir_se_50 | ir_50 | ir_18 | inception_resnet_v1 | a timm ResNet name
     widths: tuple[int, ...] = (64, 128, 256, 512)
     embedding_dim: int = 512
     dropout: float = 0.4
@@ -59,8 +68,14 @@ class RecognizerConfig:
     weight_decay: float = 1e-4
     milestones: tuple[int, ...] = (20, 35, 45)
     warmup_epochs: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast around the backbone; heads and losses in fp32)
+    channels_last: bool = False  # NHWC memory format for the backbone (fast on GPUs with tensor cores)
+    compile: bool = False  # torch.compile the backbone (--compile)
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"recognizer.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
         for name in ("epochs", "batch_size", "embedding_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"recognizer.{name} must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,14 @@ def derive_seed(seed: int, *salt: object) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
+def device_generator(gen: torch.Generator, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded by one draw from ``gen``: large noise tensors (InstaHide's
+    signs, feature noise) are drawn where the model is instead of on the CPU and copied per step,
+    and stay a deterministic function of the run's seeded generator."""
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @dataclass
 class Context:
     """Run-wide settings handed to stages and plugins."""
@@ -27,6 +35,7 @@ class Context:
     progress: bool = True
     recognizer: Any = None  # bench.config.RecognizerConfig
     baseline: Any = None  # the unprotected recognizer F1, once trained (feature defenses need E)
+    workers: int = 0  # DataLoader processes decoding a streamed training set
 
     def generator(self, *salt: object) -> torch.Generator:
         """A fresh generator seeded from the run seed and ``salt`` (on the CPU)."""

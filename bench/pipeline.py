@@ -74,6 +74,8 @@ class Pipeline:
         self.store = store
         self.progress = progress
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
 
     # -- keys (config only; nothing is loaded) ------------------------------------------------
     def data_key(self, seed: int) -> str:
@@ -110,7 +112,7 @@ class Pipeline:
     # -- stages -------------------------------------------------------------------------------
     def context(self, seed: int, *salt: object) -> Context:
         return Context(seed=seed, device=self.device, progress=self.progress,
-                       recognizer=self.cfg.recognizer)
+                       recognizer=self.cfg.recognizer, workers=self.cfg.data.workers)
 
     def data(self, seed: int) -> FaceData:
         return _load_data(json.dumps(dataclasses.asdict(self.cfg.data), sort_keys=True), seed)
@@ -132,7 +134,7 @@ class Pipeline:
         model (mean of the 10 fold thresholds) and the one at FAR = 1e-3 (ALGORITHMS §8)."""
         from metrics.identity import threshold_at_far, verification_accuracy
 
-        v = data.verification[0]
+        v = data.primary_verification
         emb = embed(model, v.images)
         cos = (emb[0::2] * emb[1::2]).sum(1)
         tau = 1.0 - verification_accuracy(emb[0::2], emb[1::2], v.issame)["threshold_mean"] / 2.0
@@ -299,7 +301,9 @@ def sample_indices(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
 def _match_channels(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bring ``x`` to ``like``'s channel count and size (gray views of RGB faces, etc.)."""
     if x.shape[-2:] != like.shape[-2:]:
-        x = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        shrink = x.shape[-1] > like.shape[-1]  # antialias when shrinking (views of upsampled maps)
+        x = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False,
+                          antialias=shrink)
     if x.shape[1] == like.shape[1]:
         return x
     if x.shape[1] == 1:

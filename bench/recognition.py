@@ -1,12 +1,12 @@
-"""Face recognizers: timm backbones with an adapted stem, ArcFace heads, training, embeddings and
-verification (ALGORITHMS §0.2, §0.3, §8 "Verification accuracy").
+"""Face recognizers: backbones (:mod:`bench.backbones`), ArcFace heads, the training loop,
+embeddings and verification (ALGORITHMS §0.2, §0.3, §8 "Verification accuracy").
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,10 +14,8 @@ from tqdm.auto import tqdm
 
 from bench.config import RecognizerConfig
 from bench.context import Context
-from bench.data.facedata import FaceSet, VerificationSet
-from bench.errors import ConfigError, TrainingError
-
-FREQ_MAP_MAX_SIDE = 16  # inputs this small are frequency/feature maps: 3×3 stride-1 stem, no pool
+from bench.data.facedata import FaceSource, VerificationSet, to_float
+from bench.errors import TrainingError
 
 
 def mixed_arcface_logits(cos: Tensor, gt: Tensor, co: Tensor, s: float, m: float) -> Tensor:
@@ -61,24 +59,39 @@ class ArcFaceHead(nn.Module):
 
 
 def build_backbone(cfg: RecognizerConfig, in_chans: int, in_side: int) -> nn.Module:
-    """A timm backbone without classifier/pool, its stem adapted to ``in_chans`` and small maps."""
-    kwargs: dict[str, Any] = {"in_chans": in_chans, "num_classes": 0, "global_pool": ""}
-    if cfg.backbone.startswith(("resnet", "seresnet", "resnext")):
-        kwargs["channels"] = tuple(cfg.widths)
-    try:
-        net = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"recognizer.backbone {cfg.backbone!r} cannot be built: {exc}") from None
-    if in_side <= FREQ_MAP_MAX_SIDE and hasattr(net, "conv1"):
-        stem_out = net.conv1.out_channels if isinstance(net.conv1, nn.Conv2d) else cfg.widths[0]
-        net.conv1 = nn.Conv2d(in_chans, stem_out, 3, 1, 1, bias=False)
-        if hasattr(net, "maxpool"):
-            net.maxpool = nn.Identity()
-    return net
+    """``cfg.backbone`` for ``in_chans`` channels at side ``in_side`` (:mod:`bench.backbones`):
+    the papers' IR / Inception nets or a timm ResNet; every frequency or feature map (neither 1
+    nor 3 channels) gets a 3×3 stride-1 stem without max-pool, whatever its side (§0.2)."""
+    from bench.backbones import build_backbone as build
+
+    return build(cfg.backbone, in_chans, in_side, widths=tuple(cfg.widths))
+
+
+def default_neck(feat_shape: tuple[int, int, int], embedding_dim: int, dropout: float) -> nn.Module:
+    """The IR-SE output layer BN2d–Dropout–Flatten–FC–BN1d (§0.2) from a feature map."""
+    c, h, w = feat_shape
+    return nn.Sequential(nn.BatchNorm2d(c), nn.Dropout(dropout), nn.Flatten(),
+                         nn.Linear(c * h * w, embedding_dim), nn.BatchNorm1d(embedding_dim))
+
+
+def make_neck(backbone: nn.Module, feat_shape: tuple[int, int, int], embedding_dim: int,
+              dropout: float) -> nn.Module:
+    """The backbone's own reference output layer when it defines one (Inception-ResNet-v1's
+    pooled head), else :func:`default_neck`."""
+    own = getattr(backbone, "make_neck", None)
+    if own is not None:
+        return own(embedding_dim, dropout, feat_shape)
+    return default_neck(feat_shape, embedding_dim, dropout)
 
 
 class Recognizer(nn.Module):
-    """Backbone → BN–Dropout–Flatten–FC–BN embedding (the IR-SE output layer) → ArcFace head."""
+    """Backbone → its output layer (the IR-SE BN–Dropout–Flatten–FC–BN by default) → ArcFace head.
+
+    GPU-ready by construction (§0.2 paper recipe): ``precision="bf16"`` runs backbone and neck
+    under autocast (the ArcFace head, its margin's ``acos`` and the loss stay in fp32);
+    ``channels_last`` keeps activations NHWC; ``compile`` wraps the backbone in
+    ``torch.compile`` on first use (kept out of the pickled state: stored stages stay portable).
+    """
 
     def __init__(self, cfg: RecognizerConfig, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
@@ -89,21 +102,44 @@ class Recognizer(nn.Module):
             self.backbone.eval()
             out = self.backbone(torch.zeros(1, c, h, w))
             self.backbone.train()
-        feat_c, fh, fw = out.shape[1:]
-        self.neck = nn.Sequential(
-            nn.BatchNorm2d(feat_c), nn.Dropout(cfg.dropout), nn.Flatten(),
-            nn.Linear(feat_c * fh * fw, cfg.embedding_dim), nn.BatchNorm1d(cfg.embedding_dim),
-        )
+        self.neck = make_neck(self.backbone, tuple(out.shape[1:]), cfg.embedding_dim, cfg.dropout)
         self.head = ArcFaceHead(cfg.embedding_dim, num_classes, cfg.arcface_s, cfg.arcface_m)
+        self.precision = getattr(cfg, "precision", "fp32")
+        self.channels_last = bool(getattr(cfg, "channels_last", False))
+        self.compile = bool(getattr(cfg, "compile", False))
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self._compiled: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # a compiled graph is process-local
+        return state
+
+    def _run_backbone(self, r: Tensor) -> Tensor:
+        if not self.compile:
+            return self.backbone(r)
+        if self._compiled is None:  # not a registered submodule: no duplicate weights in state_dict
+            object.__setattr__(self, "_compiled", torch.compile(self.backbone))
+        return self._compiled(r)
 
     def forward(self, r: Tensor) -> Tensor:
-        return self.neck(self.backbone(r))
+        if self.channels_last and r.ndim == 4:
+            r = r.contiguous(memory_format=torch.channels_last)
+        with autocast(r.device, self.precision):
+            f = self.neck(self._run_backbone(r))
+        return f.float()
 
     def loss(self, r: Tensor, y: Tensor) -> Tensor:
         return self.head.loss(self(r), y)
 
     def mixed_loss(self, r: Tensor, gt: Tensor, co: Tensor) -> Tensor:
         return self.head.mixed_loss(self(r), gt, co)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast on ``device`` when ``precision == "bf16"`` (CPU and CUDA alike), else off."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 Encoder = Callable[[Tensor, torch.Generator], Tensor]
@@ -120,36 +156,59 @@ def lr_at(cfg: RecognizerConfig, epoch: int) -> float:
     return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
 
 
-#: ``step_loss(idx, flip)`` → the loss on training examples ``idx``, image-flipped where ``flip``.
-StepLoss = Callable[[Tensor, Tensor], Tensor]
+#: ``step_loss(idx, flip, x)`` → the loss on training examples ``idx``, image-flipped where
+#: ``flip``; ``x`` is their images (float, on the device, already flipped) when the loop reads a
+#: face set for the caller, else None.
+StepLoss = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+BN_RECALIBRATION_MAX_IMAGES = 20_000  # precise-BN statistics settle long before this
+
+
+def epoch_chunks(n: int, batch_size: int, gen: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
+    """One epoch's batches: a fresh permutation cut into full batches (the ragged last one is
+    dropped: BatchNorm needs > 1 sample) and, for each, which images are flipped."""
+    size = min(batch_size, n)
+    steps = max(1, n // size)
+    order = torch.randperm(n, generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5
+    return ([order[i * size:(i + 1) * size] for i in range(steps)],
+            [flips[i * size:(i + 1) * size] for i in range(steps)])
 
 
 def sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: RecognizerConfig,
-               gen: torch.Generator, desc: str, progress: bool) -> None:
+               gen: torch.Generator, desc: str, progress: bool, faces: FaceSource | None = None,
+               device: torch.device | None = None, workers: int = 0) -> None:
     """The harness's one recognizer training loop: SGD with momentum and weight decay on the step
     schedule, a fresh permutation per epoch, half of each batch flipped, the ragged last batch
-    dropped (BatchNorm needs > 1 sample), and a one-line error when the loss stops being finite."""
+    dropped, and a one-line error when the loss stops being finite.
+
+    With ``faces``, the loop reads each batch's images for ``step_loss`` (streamed sets through
+    ``workers`` DataLoader processes, pinned and copied without blocking on CUDA). The loss is
+    summed on the device and checked once per epoch: no host sync per step.
+    """
+    device = device or torch.device("cpu")
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    size = min(cfg.batch_size, n)
-    steps = max(1, n // size)
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch)
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for step in range(steps):
-            idx = order[step * size : (step + 1) * size]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            loss = step_loss(idx, flip)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch}; "
-                                    "lower the learning rate (--set recognizer.lr=...)")
+        chunks, flips = epoch_chunks(n, cfg.batch_size, gen)
+        images = (faces.batches(chunks, workers, pin=device.type == "cuda") if faces is not None
+                  else iter([None] * len(chunks)))
+        total = torch.zeros((), device=device)
+        for idx, flip, x in zip(chunks, flips, images):
+            if x is not None:
+                x = flip_where(to_float(x, device), flip)
+            loss = step_loss(idx, flip, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
-        bar.set_postfix(loss=f"{total / steps:.3f}")
+            total += loss.detach()
+        mean = float(total) / len(chunks)
+        if not math.isfinite(mean):
+            raise TrainingError(f"{desc}: loss became {mean} in epoch {epoch}; "
+                                "lower the learning rate (--set recognizer.lr=...)")
+        bar.set_postfix(loss=f"{mean:.3f}")
 
 
 def flip_where(x: Tensor, flip: Tensor) -> Tensor:
@@ -157,32 +216,46 @@ def flip_where(x: Tensor, flip: Tensor) -> Tensor:
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
-def train_recognizer(faces: FaceSet, ctx: Context, defense: Any = None,
+def recalibration_batches(faces: FaceSource, size: int, device: torch.device,
+                          workers: int = 0) -> Iterator[Tensor]:
+    """Unflipped float batches of ``faces`` in order for a precise-BN pass, at most
+    :data:`BN_RECALIBRATION_MAX_IMAGES` images (all of a small set)."""
+    n = min(len(faces), BN_RECALIBRATION_MAX_IMAGES)
+    chunks = list(torch.arange(n).split(size))
+    for x in faces.batches(chunks, workers, pin=device.type == "cuda"):
+        yield to_float(x, device)
+
+
+def train_recognizer(faces: FaceSource, ctx: Context, defense: Any = None,
                      desc: str = "recognizer", cfg: RecognizerConfig | None = None) -> Recognizer:
     """Train a recognizer on ``defense``'s representation of ``faces`` (raw images when None).
 
-    Each step draws a batch, flips half of it horizontally in image space, and asks the defense for
-    the loss (``defense.train_step``), so mixing defenses plug in their mixed-label ArcFace.
+    Each step reads a batch (streamed sets through DataLoader workers), flips half of it
+    horizontally in image space, and asks the defense for the loss (``defense.train_step``) on
+    the model's device, so mixing defenses plug in their mixed-label ArcFace and every transform
+    (BDCT, masking, mixing, noise) runs batched where the model is.
     """
     cfg = cfg or ctx.recognizer
     faces = faces.relabelled()
     gen = ctx.generator("recognizer", desc)
     encode = defense.encode if defense is not None else _identity_encode
     with torch.no_grad():
-        in_shape = tuple(encode(faces.images[:2], torch.Generator().manual_seed(0)).shape[1:])
+        in_shape = tuple(encode(faces.take(torch.arange(2)), torch.Generator().manual_seed(0)).shape[1:])
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))  # weight init only
     model = Recognizer(cfg, in_shape, faces.num_identities).to(ctx.device)
+    labels = faces.labels.to(ctx.device)
 
-    def step_loss(idx: Tensor, flip: Tensor) -> Tensor:
-        x = flip_where(faces.images[idx], flip).to(ctx.device)
-        y = faces.labels[idx].to(ctx.device)
+    def step_loss(idx: Tensor, flip: Tensor, x: Tensor | None) -> Tensor:
+        y = labels[idx.to(ctx.device)]
         return defense.train_step(model, x, y, gen) if defense is not None else model.loss(x, y)
 
     model.train()
-    sgd_epochs(list(model.parameters()), step_loss, len(faces), cfg, gen, desc, ctx.progress)
+    sgd_epochs(list(model.parameters()), step_loss, len(faces), cfg, gen, desc, ctx.progress,
+               faces=faces, device=ctx.device, workers=ctx.workers)
     test_encode = defense.test_encode if defense is not None else _identity_encode
     size = max(2, min(cfg.batch_size, len(faces)))
-    recalibrate_batchnorm(model, (test_encode(c.to(ctx.device), gen) for c in faces.images.split(size)))
+    recalibrate_batchnorm(model, (test_encode(x, gen) for x in
+                                  recalibration_batches(faces, size, ctx.device, ctx.workers)))
     return model
 
 
@@ -221,7 +294,7 @@ def embed(model: Recognizer, images: Tensor, encode: Encoder | None = None,
     device = next(model.parameters()).device
     out = []
     for chunk in images.split(batch):
-        chunk = chunk.to(device)
+        chunk = chunk.to(device, non_blocking=True)
         e = model(encode(chunk, gen).to(device))
         if flip:
             e = e + model(encode(chunk.flip(-1), gen).to(device))

@@ -119,6 +119,16 @@ def acc_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("acc_") and not c.endswith("_std")]
 
 
+def primary_acc_column(acc_cols: list[str]) -> str | None:
+    """The accuracy Score_cls normalises: LFW's when supplied (the set [H] Table 2 scores), else
+    the first set's, the same rule as :attr:`bench.data.facedata.FaceData.primary_verification`
+    that picks the SRRA threshold."""
+    for col in acc_cols:
+        if col[len("acc_"):].lower().startswith("lfw"):
+            return col
+    return acc_cols[0] if acc_cols else None
+
+
 def mean_std(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
     """Group by ``keys``: mean of ``cols``, their ``<col>_std`` (ddof 1) and ``n_seeds``."""
     g = df.groupby(keys, sort=False, dropna=False)
@@ -148,7 +158,7 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     firsts = df.groupby(["defense", "attack"], sort=False).agg(
         {"protected": "first", "perceptual_metric": "first"}).reset_index()
     grouped = grouped.merge(firsts, on=["defense", "attack"], how="left")
-    first_acc = acc_cols[0] if acc_cols else None
+    first_acc = primary_acc_column(acc_cols)
     parts = []
     for _, sub in grouped.groupby("attack", sort=False):
         sub = sub.copy()

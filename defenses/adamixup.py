@@ -151,7 +151,7 @@ class AdaMixup(MixingDefense):
         """Build the policy and its optimiser; capture the recognizer's schedule as plain values
         (the defense is pickled: no Context or data is kept)."""
         with torch.no_grad():
-            shape = self.represent(data.train.images[:2], torch.Generator().manual_seed(0)).shape
+            shape = self.represent(data.train.take(torch.arange(2)), torch.Generator().manual_seed(0)).shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "adamixup-policy", self.name))
             self.policy = KPolicy(shape[1], min(shape[2:]), len(self.k_values),

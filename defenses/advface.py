@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from attacks.decoders import DECODERS, build_decoder
 from attacks.train_loop import seeded, train_epochs
 from bench.context import Context
-from bench.data.facedata import FaceData
+from bench.data.facedata import FaceData, FaceSet
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH
@@ -255,6 +255,11 @@ class AdvFace(FeatureDefense):
         if self.options.mode == "online":
             return model
         o = self.options
+        if not isinstance(data.train, FaceSet):
+            # one stored 64×h×w feature per face ([A] online storage): no streaming can bound that
+            raise ConfigError("advface offline mode stores an adversarial feature for every training "
+                              "face and needs an in-memory training set; use mode=online on streamed "
+                              "sets, or data.limit_identities to train on a subset")
         faces = data.train.relabelled()  # the labels F1 (and its head) was trained with
         gen = ctx.generator("advface", "offline")
         adv = self.encode_all(faces.images.to(ctx.device), gen).cpu()
@@ -264,7 +269,7 @@ class AdvFace(FeatureDefense):
         cfg = dataclasses.replace(ctx.recognizer, epochs=o.finetune_epochs, lr=o.finetune_lr,
                                   milestones=(), warmup_epochs=0)
 
-        def batch(idx: Tensor, flip: Tensor) -> Tensor:
+        def batch(idx: Tensor, flip: Tensor, x: Tensor | None) -> Tensor:
             return torch.where(flip[:, None, None, None], adv_flip[idx], adv[idx])
 
         return fit_arcface(model, batch, faces.labels, ctx, cfg, desc=f"recognizer[{self.name}]")

@@ -78,3 +78,19 @@ class Defense(ABC):
         inputs = self.encode_all(data.test.images, gen, test=True)
         return Leak(train_inputs, data.aux.images, inputs, data.test.images, data.test.labels,
                     views=self.view(inputs))
+
+    # -- shapes without fitting (cost estimates, ``bench.plan``) --------------------------------------
+    def representation_shape(self, image_shape: tuple[int, int, int],
+                             recognizer: Any = None) -> tuple[int, ...]:
+        """Per-sample shape of :meth:`test_encode` (the defense recognizer's input) for images of
+        ``image_shape`` ``(C, H, W)``, known before :meth:`fit`. Default: encode two black images;
+        defenses whose ``encode`` needs a fitted part override it. ``recognizer``: the
+        ``RecognizerConfig`` of the baseline F1 (feature defenses split it)."""
+        with torch.no_grad():
+            r = self.test_encode(torch.zeros(2, *image_shape), torch.Generator().manual_seed(0))
+        return tuple(r.shape[1:])
+
+    def leak_shape(self, image_shape: tuple[int, int, int], recognizer: Any = None) -> tuple[int, ...]:
+        """Per-sample shape of what the attacker gets (``Leak.inputs``). Default: the
+        representation itself (:meth:`representation_shape`)."""
+        return self.representation_shape(image_shape, recognizer)

@@ -56,21 +56,46 @@ def to_ycbcr(x: Tensor) -> Tensor:
     return torch.stack([y, cb, cr], 1)
 
 
-def bdct(x: Tensor, upsample: bool = False) -> Tensor:
-    """Single-channel images ``[B, 1, H, W]`` → coefficients ``[B, 64, H/8, W/8]``.
-
-    ``upsample`` first enlarges the image ×8 (bilinear, the TFace convention), giving
-    ``[B, 64, H, W]``. H and W must be multiples of 8.
-    """
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"bdct expects [B, 1, H, W], got {tuple(x.shape)}")
-    if upsample:
-        x = F.interpolate(x, scale_factor=BLOCK, mode="bilinear", align_corners=False)
+def _block_dct(x: Tensor) -> Tensor:
     b, _, h, w = x.shape
     if h % BLOCK or w % BLOCK:
         raise ValueError(f"image size {h}x{w} is not a multiple of {BLOCK}")
     pixels = F.pixel_unshuffle(x, BLOCK).reshape(b, BLOCK * BLOCK, -1)  # [B, 8y+x, blocks]
     return (kron_matrix(x.dtype, x.device) @ pixels).view(b, BLOCK * BLOCK, h // BLOCK, w // BLOCK)
+
+
+def _upsample(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=BLOCK, mode="bilinear", align_corners=False)
+
+
+@functools.lru_cache(maxsize=None)
+def upsampled_zero_channels() -> tuple[int, ...]:
+    """The coefficients that vanish for EVERY ×8 bilinear-upsampled image: each 8×8 block of the
+    upsampled image is a bilinear patch whose kink sits at the block centre, which the
+    u = 4 / v = 4 cosines (and their odd partners) cancel exactly. Found once, in float64, on
+    random images (borders included)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 24, 24, generator=g, dtype=torch.float64)
+    peak = _block_dct(_upsample(x)).abs().amax(dim=(0, 2, 3))
+    return tuple(int(i) for i in torch.nonzero(peak < 1e-9).flatten())
+
+
+def bdct(x: Tensor, upsample: bool = False) -> Tensor:
+    """Single-channel images ``[B, 1, H, W]`` → coefficients ``[B, 64, H/8, W/8]``.
+
+    ``upsample`` first enlarges the image ×8 (bilinear, the TFace convention), giving
+    ``[B, 64, H, W]``; the channels that are identically zero for such images
+    (:func:`upsampled_zero_channels`) are set to exact zeros, because float32 leaves ~1e-8 of
+    rounding noise there that PPFR-FD's self-normalisation would blow up to unit variance.
+    H and W must be multiples of 8.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"bdct expects [B, 1, H, W], got {tuple(x.shape)}")
+    if not upsample:
+        return _block_dct(x)
+    c = _block_dct(_upsample(x))
+    c[:, list(upsampled_zero_channels())] = 0.0
+    return c
 
 
 def ibdct(c: Tensor) -> Tensor:
@@ -87,17 +112,21 @@ def bdct_image(x: Tensor, upsample: bool = False) -> Tensor:
     return bdct(to_gray(x), upsample=upsample)
 
 
-def masked_view(r: Tensor, removed: tuple[int, ...] = (DC_CHANNEL,)) -> Tensor:
+def masked_view(r: Tensor, removed: tuple[int, ...] = (DC_CHANNEL,), upsampled: bool = False) -> Tensor:
     """Image-domain view of a masked frequency map (ALGORITHMS §0.1).
 
     Removed channels are zero-filled, the remaining channels go back into the other slots in their
-    current order, then inverse BDCT and a per-image min-max to [0, 1].
+    current order, then inverse BDCT and a per-image min-max to [0, 1]. Maps of an ×8-upsampled
+    image (``upsampled``) invert to 8× the image side and are shrunk back with antialiasing
+    (plain bilinear sampling of an 8× image would alias the block edges into the view).
     """
     b, c, h, w = r.shape
     keep = [i for i in range(BLOCK * BLOCK) if i not in removed][:c]
     full = r.new_zeros(b, BLOCK * BLOCK, h, w)
     full[:, keep] = r[:, : len(keep)]
     img = ibdct(full)
+    if upsampled:
+        img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     lo = img.amin(dim=(1, 2, 3), keepdim=True)
     hi = img.amax(dim=(1, 2, 3), keepdim=True)
     return (img - lo) / (hi - lo).clamp_min(1e-8)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from bench.context import Context
-from bench.data.facedata import FaceData
+from bench.data.facedata import FaceData, to_float
 from bench.errors import ConfigError, TrainingError
 from bench.registry import DEFENSES
 from defenses.base import Defense
@@ -46,7 +46,7 @@ class PeepOptions:
     epsilon: float = 3.0  # [H]: ε = 3, Laplace
     components: int = 128  # K eigenfaces (capped by the training set)
     frequency: bool = True  # BDCT after the perturbation (the frequency-domain pipeline)
-    upsample: bool = False  # §0.1 ×8 upsampling before the BDCT (paper preset)
+    upsample: bool = True  # §0.1 ×8 upsampling before the BDCT (v2: every preset)
     sensitivity: str = "global"  # [ASSUMP] global | per_component
     max_fit_images: int = 20000  # [ASSUMP] faces used for the PCA
 
@@ -80,14 +80,14 @@ class DpPeep(Defense):
     # -- fit ------------------------------------------------------------------------------------
     def fit(self, data: FaceData, ctx: Context | None = None) -> None:
         """Eigenfaces of the training split and the coefficients' range (the sensitivity)."""
-        images = data.train.images
-        self.image_shape = tuple(images.shape[-2:])  # type: ignore[assignment]
-        x = to_gray(images).flatten(1).double()
-        n, d = x.shape
+        train = data.train  # in memory or streamed: read through take/batches only
+        self.image_shape = tuple(train.shape[-2:])  # type: ignore[assignment]
+        n, d = len(train), train.shape[-2] * train.shape[-1]
         k = min(self.options.components, n, d)
-        fit_x = x
+        fit_idx = torch.arange(n)
         if n > self.options.max_fit_images:  # a fixed, evenly spaced subset: no randomness
-            fit_x = x[torch.linspace(0, n - 1, self.options.max_fit_images).long()]
+            fit_idx = torch.linspace(0, n - 1, self.options.max_fit_images).long()
+        fit_x = to_gray(train.take(fit_idx)).flatten(1).double()
         mean = fit_x.mean(0)
         centred = fit_x - mean
         if len(fit_x) <= FULL_SVD_MAX_IMAGES:
@@ -96,10 +96,15 @@ class DpPeep(Defense):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 basis = torch.svd_lowrank(centred, q=min(k + 10, min(centred.shape)), niter=4)[2][:, :k]
-        w = torch.cat([(c - mean) @ basis for c in x.split(4096)])
+        # the sensitivity is the coefficients' range over the whole training set: one streamed pass
+        lo = hi = None
+        for c in train.batches(list(torch.arange(n).split(4096)), ctx.workers if ctx else 0):
+            w = (to_gray(to_float(c, torch.device("cpu"))).flatten(1).double() - mean) @ basis
+            lo = w.amin(0) if lo is None else torch.minimum(lo, w.amin(0))
+            hi = w.amax(0) if hi is None else torch.maximum(hi, w.amax(0))
         per = self.options.sensitivity == "per_component"
-        self.w_min = (w.amin(0) if per else w.min()).float()
-        self.w_max = (w.amax(0) if per else w.max()).float()
+        self.w_min = (lo if per else lo.min()).float()
+        self.w_max = (hi if per else hi.max()).float()
         self.mean, self.basis = mean.float(), basis.float()
         scale = self.noise_scale
         self.record = {"epsilon": self.options.epsilon, "components": k,
@@ -136,4 +141,12 @@ class DpPeep(Defense):
 
     def view(self, r: Tensor) -> Tensor:
         """Inverse BDCT min-maxed (§0.1), or the noisy image clipped to [0, 1]."""
-        return masked_view(r, removed=()) if self.options.frequency else r.clamp(0, 1)
+        if not self.options.frequency:
+            return r.clamp(0, 1)
+        return masked_view(r, removed=(), upsampled=self.options.upsample)
+
+    def representation_shape(self, image_shape: tuple[int, int, int],
+                             recognizer: Any = None) -> tuple[int, ...]:
+        """Gray ``x̃`` ``(1, H, W)`` or its BDCT, known before the eigenfaces are fitted."""
+        x = torch.zeros(1, 1, *image_shape[-2:])
+        return tuple((bdct(x, upsample=self.options.upsample) if self.options.frequency else x).shape[1:])

@@ -44,13 +44,15 @@ from bench.config import RecognizerConfig
 from bench.context import Context
 from bench.data.facedata import FaceData
 from bench.errors import ConfigError, TrainingError
-from bench.recognition import ArcFaceHead, build_backbone, flip_where, verify
+from bench.recognition import ArcFaceHead, build_backbone, make_neck, verify
 from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 from defenses.bdct import BLOCK, bdct, ibdct, to_ycbcr
 from defenses.feature_split import freeze
 from defenses.mobilefacenet import ClientRecognizer, MobileFaceNet
 from defenses.training import fit_arcface
+
+STATS_MAX_IMAGES = 20_000  # per-channel mean/std settle long before; bounds memory on big sets
 
 CLIENT_FREQS = (0, 1, 2, 3, 4, 5, 8, 9, 16, 24)  # [CODE TFace train.yaml SUB_CHS]
 GRAY_MODES = ("replicate", "luma")
@@ -108,16 +110,14 @@ class DuetFaceServer(nn.Module):
         c, h, w = in_shape
         self.backbone = build_backbone(cfg, c, min(h, w))
         if not all(hasattr(self.backbone, f"layer{i}") for i in range(1, 5)):
-            raise ConfigError("duetface needs a timm ResNet-family recognizer.backbone")
+            raise ConfigError("duetface needs a staged server backbone (ir_18, a timm ResNet); "
+                              "set defenses.duetface.server_backbone")
         with torch.no_grad():
             self.backbone.eval()
             outs = self._stages(torch.zeros(1, c, h, w))
             self.backbone.train()
         self.masks = nn.ModuleList(FeatureMasking(cc, o.shape[1]) for cc, o in zip(client_channels, outs))
-        feat_c, fh, fw = outs[-1].shape[1:]
-        self.neck = nn.Sequential(
-            nn.BatchNorm2d(feat_c), nn.Dropout(cfg.dropout), nn.Flatten(),
-            nn.Linear(feat_c * fh * fw, cfg.embedding_dim), nn.BatchNorm1d(cfg.embedding_dim))
+        self.neck = make_neck(self.backbone, tuple(outs[-1].shape[1:]), cfg.embedding_dim, cfg.dropout)
         self.head = ArcFaceHead(cfg.embedding_dim, num_classes, cfg.arcface_s, cfg.arcface_m)
 
     def _stages(self, x: Tensor, acts: list[Tensor] | None = None) -> list[Tensor]:
@@ -169,7 +169,8 @@ class DuetFaceRecognizer(nn.Module):
 class DuetFaceOptions:
     client_freqs: list[int] = field(default_factory=lambda: list(CLIENT_FREQS))
     gray_mode: str = "replicate"  # replicate | luma [ASSUMP]
-    upsample: bool = False  # TFace ×8 bilinear upsampling before the BDCT (§0.1)
+    upsample: bool = True  # TFace ×8 bilinear upsampling before the BDCT (§0.1 v2: every preset)
+    server_backbone: str = ""  # "" = recognizer.backbone; the paper preset: ir_18 (TFace's server)
     client_width: int = 64  # [ASSUMP]
     client_epochs: int = 0  # 0 = recognizer.epochs [ASSUMP]
 
@@ -205,7 +206,9 @@ class DuetFace(Defense):
         o = self.options
         self.colors = 1 if data.channels == 1 and o.gray_mode == "luma" else 3
         self.server_idx, self.client_idx = channel_split(self.colors, tuple(o.client_freqs))
-        coeff = torch.cat([self._bdct(c) for c in data.train.images.split(ENCODE_BATCH)])
+        # channel statistics from (up to) the first STATS_MAX_IMAGES training faces
+        first = torch.arange(min(len(data.train), STATS_MAX_IMAGES))
+        coeff = torch.cat([self._bdct(data.train.take(c)) for c in first.split(ENCODE_BATCH)])
         self.mean = coeff.mean(dim=(0, 2, 3), keepdim=True)[:1]
         std = coeff.std(dim=(0, 2, 3), keepdim=True)[:1]
         self.std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -231,14 +234,18 @@ class DuetFace(Defense):
 
     def view(self, r: Tensor) -> Tensor | None:
         """Image view of server channels: Y's server channels, client channels zero-filled,
-        inverse BDCT, per-image min-max (§0.1). None for other inputs or ×8-upsampled maps."""
-        if r.ndim != 4 or r.shape[1] != self.n_server or self.options.upsample:
+        inverse BDCT (shrunk back to the image side with antialiasing for ×8-upsampled maps),
+        per-image min-max (§0.1). None for other inputs."""
+        if r.ndim != 4 or r.shape[1] != self.n_server:
             return None
         full = torch.zeros(r.shape[0], self.colors * N_FREQ, *r.shape[-2:], dtype=r.dtype)
         full[:, self.server_idx] = r.cpu()
         full = full * self.std + self.mean
         full[:, self.client_idx] = 0.0
         img = ibdct(full[:, :N_FREQ])
+        if self.options.upsample:  # maps of the ×8 image: back to the image side, antialiased
+            img = F.interpolate(img, size=r.shape[-2:], mode="bilinear", align_corners=False,
+                                antialias=True)
         lo = img.amin(dim=(1, 2, 3), keepdim=True)
         hi = img.amax(dim=(1, 2, 3), keepdim=True)
         return (img - lo) / (hi - lo).clamp_min(1e-8)
@@ -248,15 +255,13 @@ class DuetFace(Defense):
         """Pre-train the client alone with ArcFace, freeze it, train the server with it."""
         o = self.options
         faces = data.train.relabelled()
-        images = faces.images.to(ctx.device)
         gen = ctx.generator("duetface", "encode")
         n_server = self.n_server
 
-        def batch(idx: Tensor, flip: Tensor) -> Tensor:
-            x = images[idx]
-            return self.encode(flip_where(x, flip), gen)
+        def batch(idx: Tensor, flip: Tensor, x: Tensor | None) -> Tensor:
+            return self.encode(x, gen)  # x: the loop's (flipped) images on the device
 
-        shape = tuple(self.encode(images[:2], gen).shape[1:])
+        shape = tuple(self.encode(faces.take(torch.arange(2)).to(ctx.device), gen).shape[1:])
         side = min(shape[1:])
         cfg = ctx.recognizer
         with seeded(ctx, "duetface-client"):
@@ -265,17 +270,18 @@ class DuetFace(Defense):
                 ArcFaceHead(cfg.embedding_dim, faces.num_identities, cfg.arcface_s, cfg.arcface_m),
             ).to(ctx.device)
         client_cfg = dataclasses.replace(cfg, epochs=o.client_epochs or cfg.epochs)
-        fit_arcface(client, lambda idx, flip: batch(idx, flip)[:, n_server:], faces.labels, ctx,
-                    client_cfg, desc=f"client[{self.name}]")
+        fit_arcface(client, lambda idx, flip, x: batch(idx, flip, x)[:, n_server:], faces.labels, ctx,
+                    client_cfg, desc=f"client[{self.name}]", faces=faces)
         self.record = {"client_accuracy": {
             v.name: verify(client, v, lambda x, g: self.encode(x, g)[:, n_server:], gen)["accuracy_mean"]
             for v in data.verification}}
         with seeded(ctx, "duetface-server"):
-            server = DuetFaceServer(cfg, (n_server, *shape[1:]), client.net.stage_channels,
+            server_cfg = dataclasses.replace(cfg, backbone=o.server_backbone or cfg.backbone)
+            server = DuetFaceServer(server_cfg, (n_server, *shape[1:]), client.net.stage_channels,
                                     faces.num_identities).to(ctx.device)
         model = DuetFaceRecognizer(client, server, n_server)
         fit_arcface(model, batch, faces.labels, ctx, cfg, desc=f"recognizer[{self.name}]",
-                    params=list(server.parameters()), bn_scope=server)
+                    params=list(server.parameters()), bn_scope=server, faces=faces)
         return model.eval()
 
     # -- the threat model -------------------------------------------------------------------------
@@ -287,3 +293,15 @@ class DuetFace(Defense):
         return Leak(enc(data.aux.images), data.aux.images, inputs, data.test.images,
                     data.test.labels, views=self.view(inputs))
 
+    # -- shapes without fitting (``bench.plan``) ------------------------------------------------
+    def representation_shape(self, image_shape: tuple[int, int, int],
+                             recognizer: Any = None) -> tuple[int, ...]:
+        """All BDCT channels (server, then client), known before the channel statistics."""
+        with torch.no_grad():
+            return tuple(self._bdct(torch.zeros(1, *image_shape)).shape[1:])
+
+    def leak_shape(self, image_shape: tuple[int, int, int], recognizer: Any = None) -> tuple[int, ...]:
+        """The server channels only: what the server (the attacker) holds."""
+        c, h, w = self.representation_shape(image_shape)
+        server, _ = channel_split(c // N_FREQ, tuple(self.options.client_freqs))
+        return (len(server), h, w)

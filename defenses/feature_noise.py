@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bench.context import device_generator
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
 from defenses.feature_split import FeatureDefense, FeatureOptions
@@ -52,8 +53,9 @@ class RandomFeature(FeatureDefense):
 
     def perturb(self, z: Tensor, gen: torch.Generator) -> Tensor:
         o = self.options
+        g = device_generator(gen, z.device)  # the noise is as large as z: draw it where z is
         for _ in range(o.iterations):
-            u = torch.rand(z.shape, generator=gen).to(z)
+            u = torch.rand(z.shape, generator=g, device=z.device, dtype=z.dtype)
             z = z + (2 * u - 1) * o.bound
         return z
 
@@ -73,7 +75,8 @@ class DpOptions(FeatureOptions):
 def laplace(shape: torch.Size, scale: float, gen: torch.Generator) -> Tensor:
     """Laplace(0, scale) samples by inverse CDF from one generator: ``−b·sgn(u)·ln(1 − 2|u|)``,
     ``u ~ U(−½, ½)``."""
-    u = torch.rand(shape, generator=gen, dtype=torch.float64) - 0.5
+    device = gen.device
+    u = torch.rand(shape, generator=gen, dtype=torch.float64, device=device) - 0.5
     return (-scale * torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-12))).float()
 
 
@@ -87,4 +90,4 @@ class DpFeature(FeatureDefense):
 
     def perturb(self, z: Tensor, gen: torch.Generator) -> Tensor:
         o = self.options
-        return z + laplace(z.shape, o.sensitivity / o.epsilon, gen).to(z)
+        return z + laplace(z.shape, o.sensitivity / o.epsilon, device_generator(gen, z.device)).to(z)

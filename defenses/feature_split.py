@@ -197,3 +197,17 @@ class FeatureDefense(Defense):
         inputs = self.encode_all(data.test.images.to(ctx.device), gen, test=True).cpu()
         return Leak(train_inputs, public.images, inputs, data.test.images, data.test.labels,
                     views=None, extra={"attacker_data": self.options.attacker_data})
+
+    # -- shapes without fitting (``bench.plan``) ------------------------------------------------
+    def representation_shape(self, image_shape: tuple[int, int, int],
+                             recognizer: Any = None) -> tuple[int, ...]:
+        """The client feature map ``E(x)``: a fresh F1 (``recognizer``, a RecognizerConfig) split
+        at ``split_at``; the shape depends on the architecture, not on the trained weights
+        (perturbations keep it)."""
+        from bench.config import RecognizerConfig
+        from bench.recognition import Recognizer
+
+        model = Recognizer(recognizer or RecognizerConfig(), tuple(image_shape), 2)
+        extractor, _ = split_recognizer(model.eval(), self.options.split_at)
+        with torch.no_grad():
+            return tuple(extractor(torch.zeros(1, *image_shape)).shape[1:])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.context import device_generator
 from bench.errors import ConfigError
 
 K_MIN, K_MAX = 2, 10  # the k a mixing defense may be configured with
@@ -35,7 +36,7 @@ class RandomSource(Protocol):
 
     def randperm(self, n: int) -> Tensor: ...
 
-    def signs(self, shape: Sequence[int]) -> Tensor: ...
+    def signs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor: ...
 
     def generator(self) -> torch.Generator: ...
 
@@ -52,8 +53,9 @@ class TorchRandom:
     def randperm(self, n: int) -> Tensor:
         return torch.randperm(n, generator=self.gen)
 
-    def signs(self, shape: Sequence[int]) -> Tensor:
-        return torch.randint(0, 2, tuple(shape), generator=self.gen).float() * 2 - 1
+    def signs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+        g = device_generator(self.gen, device)  # one element per coefficient: draw it on the device
+        return torch.randint(0, 2, tuple(shape), generator=g, device=device).float() * 2 - 1
 
     def generator(self) -> torch.Generator:
         return self.gen
@@ -81,10 +83,10 @@ class SecureRandom:
         keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
         return torch.from_numpy(np.argsort(keys, kind="stable").astype(np.int64))
 
-    def signs(self, shape: Sequence[int]) -> Tensor:
+    def signs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
         n = math.prod(shape)
         bits = np.unpackbits(np.frombuffer(os.urandom((n + 7) // 8), dtype=np.uint8))[:n]
-        return torch.from_numpy(bits.astype(np.float32) * 2 - 1).reshape(tuple(shape))
+        return torch.from_numpy(bits.astype(np.float32) * 2 - 1).reshape(tuple(shape)).to(device)
 
     def generator(self) -> torch.Generator:
         # For draws that need a torch.Generator (PPFR-FD's per-sample permutations): a fresh
@@ -156,6 +158,6 @@ def mix_batch(z: Tensor, y: Tensor | None, k: int, cap: float, src: RandomSource
     for i in range(1, k):
         out = out + lam_d[:, i].view(shape) * z[idx_d[i]]
     if signs:
-        out = out * src.signs(out.shape).to(out)
+        out = out * src.signs(out.shape, out.device).to(out)
     gt = y.to(z.device)[idx_d] if y is not None else None
     return Mixed(out, gt, lam_d, idx)

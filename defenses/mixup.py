@@ -59,7 +59,7 @@ class MixOptions:
 
 @dataclass
 class FdMixOptions(MixOptions):
-    upsample: bool = False  # §0.1 TFace ×8 upsampling before the BDCT (on in the paper preset)
+    upsample: bool = True  # §0.1 TFace ×8 upsampling before the BDCT (v2: every preset)
 
 
 @dataclass
@@ -225,7 +225,7 @@ class MixupFd(MixingDefense):
 
     def view(self, r: Tensor) -> Tensor:
         """Inverse BDCT of the mixed coefficients, min-maxed per image (§0.1)."""
-        return masked_view(r, removed=())
+        return masked_view(r, removed=(), upsampled=self.options.upsample)
 
 
 @DEFENSES.register("instahide_fd")

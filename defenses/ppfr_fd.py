@@ -40,7 +40,7 @@ class PpfrOptions:
     keep_channels: list[int] = field(default_factory=list)  # [] = all 63 AC channels
     perm_mode: str = "per_sample"  # per_sample (no key management) | fixed_key
     mix_mode: str = "adjacent_sum"
-    upsample: bool = False  # TFace ×8 bilinear upsampling before the BDCT
+    upsample: bool = True  # TFace ×8 bilinear upsampling before the BDCT (§0.1 v2: every preset)
     key_seed: int = 0  # the deployment's secret for perm_mode=fixed_key
 
     def validate(self) -> None:
@@ -103,7 +103,7 @@ class PpfrMasker:
         return self_normalise(permute_channels(c, self._perms(len(c), gen, 1)))
 
     def view(self, r: Tensor) -> Tensor:
-        return masked_view(r, self.removed)
+        return masked_view(r, self.removed, upsampled=self.options.upsample)
 
 
 @DEFENSES.register("ppfr_fd")

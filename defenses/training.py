@@ -15,29 +15,39 @@ from torch import Tensor, nn
 
 from bench.config import RecognizerConfig
 from bench.context import Context
-from bench.recognition import recalibrate_batchnorm, sgd_epochs
+from bench.data.facedata import FaceSource
+from bench.recognition import recalibrate_batchnorm, recalibration_batches, sgd_epochs
 
-#: ``batch(idx, flip)`` → the representation of examples ``idx``, image-flipped where ``flip``.
-BatchFn = Callable[[Tensor, Tensor], Tensor]
+#: ``batch(idx, flip, x)`` → the representation of examples ``idx``, image-flipped where ``flip``;
+#: ``x`` is their images (float, on the device, flipped) when ``fit_arcface`` reads a face set.
+BatchFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 def fit_arcface(model: nn.Module, batch: BatchFn, labels: Tensor, ctx: Context, cfg: RecognizerConfig,
                 desc: str, params: list[nn.Parameter] | None = None,
-                bn_scope: nn.Module | None = None) -> nn.Module:
+                bn_scope: nn.Module | None = None, faces: FaceSource | None = None) -> nn.Module:
     """Train ``model`` (it has ``loss(r, y)``) with ArcFace on the ``batch`` representations of
     examples with ``labels`` (0..n-1); ``params`` (default: every trainable parameter) are updated.
-    Ends with a precise-BN pass over ``bn_scope`` (default: the whole model) without flips."""
+    With ``faces`` the loop reads their images (streamed or in memory) and hands them to
+    ``batch``. Ends with a precise-BN pass over ``bn_scope`` (default: the whole model) without
+    flips."""
     gen = ctx.generator("recognizer", desc)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     n = len(labels)
+    on_device = labels.to(ctx.device)
 
-    def step_loss(idx: Tensor, flip: Tensor) -> Tensor:
-        return model.loss(batch(idx, flip).to(ctx.device), labels[idx].to(ctx.device))
+    def step_loss(idx: Tensor, flip: Tensor, x: Tensor | None) -> Tensor:
+        return model.loss(batch(idx, flip, x).to(ctx.device), on_device[idx.to(ctx.device)])
 
     model.train()
-    sgd_epochs(params, step_loss, n, cfg, gen, desc, ctx.progress)
+    sgd_epochs(params, step_loss, n, cfg, gen, desc, ctx.progress, faces=faces, device=ctx.device,
+               workers=ctx.workers)
     size = max(2, min(cfg.batch_size, n))
     no_flip = torch.zeros(size, dtype=torch.bool)
-    recalibrate_batchnorm(model, (batch(idx, no_flip[:len(idx)]) for idx in torch.arange(n).split(size)),
-                          scope=bn_scope)
+    if faces is None:
+        reps = (batch(idx, no_flip[:len(idx)], None) for idx in torch.arange(n).split(size))
+    else:
+        reps = (batch(torch.arange(len(x)), no_flip[:len(x)], x)
+                for x in recalibration_batches(faces, size, ctx.device, ctx.workers))
+    recalibrate_batchnorm(model, reps, scope=bn_scope)
     return model

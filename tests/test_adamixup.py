@@ -67,9 +67,11 @@ def _fitted(**opts):
 
 def test_reward_leaves_the_live_recognizer_untouched_and_l2_uses_one_sgd_step():
     d, data = _fitted(a=1.0, b=0.0)
-    model = Recognizer(TINY, (63, 2, 2), 4).train()
+    model = Recognizer(TINY, (63, 16, 16), 4).train()  # ×8-upsampled masked maps (§0.1 v2)
     x, y = data.train.images[:8], data.train.labels[:8]
-    mixed = d.mix(d.represent(x, G()), y, 3, TorchRandom(G()))
+    m = d.represent(x, G())
+    assert m.shape == (8, 63, 16, 16)
+    mixed = d.mix(m, y, 3, TorchRandom(G()))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     l1 = d.reward(model, mixed)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -104,7 +106,15 @@ def test_training_records_k_shares_and_the_defense_pickles():
     leak = again.leak(data, Context(seed=0, progress=False, recognizer=TINY))
     used = {int((row >= 0).sum()) for row in leak.oracle["members"]}
     assert used <= {k for k in (2, 3, 4) if rec["k_counts"][str(k)] > 0}
-    assert leak.inputs.shape == (24, 63, 2, 2) and leak.views.shape == (24, 1, 16, 16)
+    assert leak.inputs.shape == (24, 63, 16, 16) and leak.views.shape == (24, 1, 16, 16)
+    assert 0 <= leak.views.min() and leak.views.max() <= 1
+
+
+def test_without_upsampling_the_policy_and_recognizer_see_the_8x8_block_maps():
+    d, data = _fitted(upsample=False)
+    assert d.represent(data.train.images[:2], G()).shape == (2, 63, 2, 2)
+    model = d.train_recognizer(data, Context(seed=0, progress=False, recognizer=TINY))
+    assert model.in_shape == (63, 2, 2) and sum(d.record["k_counts"].values()) == 6
 
 
 def test_training_without_fit_is_refused():

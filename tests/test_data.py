@@ -154,7 +154,11 @@ def test_folder_loader(tmp_path: Path) -> None:
     cfg = DataConfig(name="folder", root=str(root), image_size=32, channels=3, num_pairs=20)
     data = load_folder(cfg, 0)
     assert data.name == "faces"
-    assert data.train.images.shape[1:] == (3, 32, 32)
+    assert data.train.shape == (3, 32, 32)
+    first = data.train.take(torch.arange(2))
+    assert first.shape == (2, 3, 32, 32) and first.dtype == torch.float32 and 0 <= first.min() <= first.max() <= 1
+    streamed = torch.cat([b.float() / 255 for b in data.train.batches(list(torch.arange(len(data.train)).split(5)))])
+    assert torch.equal(streamed, data.train.take(torch.arange(len(data.train))))
     ids = [_ids(data.train), _ids(data.aux), _ids(data.test)]
     assert set().union(*ids) == set(range(8)) and sum(map(len, ids)) == 8
     assert len(data.train) + len(data.aux) + len(data.test) == 24
@@ -168,9 +172,26 @@ def test_folder_loader(tmp_path: Path) -> None:
 def test_folder_corrupt_file(tmp_path: Path) -> None:
     root = tmp_path / "faces"
     _make_tree(root)
-    (root / "id002" / "zz_corrupt.jpg").write_bytes(b"\x00\x01 definitely not an image")
-    with pytest.raises(DatasetError, match="zz_corrupt.jpg"):
-        load_folder(DataConfig(root=str(root), image_size=32), 0)
+    for ident in ("id002", "id005"):  # aux identities at seed 0: decoded when the set loads
+        (root / ident / "zz_corrupt.jpg").write_bytes(b"\x00\x01 definitely not an image")
+
+    def read_all() -> None:
+        data = load_folder(DataConfig(root=str(root), image_size=32), 0)
+        for _ in data.train.batches(list(torch.arange(len(data.train)).split(4)), workers=1):
+            pass
+
+    # aux/test faces are decoded at load; streamed training faces when a worker reads them: both
+    # surface as the file's own one-line message, not a worker traceback
+    with pytest.raises(DatasetError, match="zz_corrupt.jpg") as err:
+        read_all()
+    assert "\n" not in str(err.value)
+    (root / "id005" / "zz_corrupt.jpg").unlink()
+    (root / "id002" / "zz_corrupt.jpg").unlink()
+    (root / "id003" / "zz_corrupt.jpg").write_bytes(b"junk")  # train identities: streamed
+    (root / "id004" / "zz_corrupt.jpg").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="zz_corrupt.jpg") as err:
+        read_all()
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
 def test_folder_missing_root(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """DP by eigenface perturbation (PEEP, ALGORITHMS §4.1)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.data.facedata import FaceData, FaceSet
 from bench.errors import ConfigError, TrainingError
@@ -47,15 +48,26 @@ def test_without_noise_the_eigenfaces_reconstruct_the_training_faces():
     assert torch.allclose(d.perturb(x, G()), x, atol=1e-3)  # K = N spans the centred set
 
 
-def test_encoding_is_the_bdct_of_the_noisy_face_and_uses_the_passed_generator():
-    d, data = _fitted()
+@pytest.mark.parametrize("upsample,side", [(None, 16), (True, 16), (False, 2)])  # None: the default
+def test_encoding_is_the_bdct_of_the_noisy_face_and_uses_the_passed_generator(upsample, side):
+    d, data = _fitted(**({} if upsample is None else {"upsample": upsample}))
     x = data.train.images[:4]
     state = torch.random.get_rng_state()
     r = d.encode(x, G(7))
     assert torch.equal(torch.random.get_rng_state(), state)  # no global randomness
-    assert torch.allclose(r, bdct(d.perturb(x, G(7))), atol=1e-5)
+    assert torch.allclose(r, bdct(d.perturb(x, G(7)), upsample=upsample is not False), atol=1e-5)
     assert torch.equal(r, d.encode(x, G(7))) and not torch.equal(r, d.encode(x, G(8)))
-    assert r.shape == (4, 64, 2, 2) and d.view(r).shape == (4, 1, 16, 16)
+    assert r.shape == (4, 64, side, side)
+    v = d.view(r)
+    assert v.shape == (4, 1, 16, 16) and v.min() >= 0 and v.max() <= 1
+    # the view inverts the BDCT: the noisy face, min-maxed; maps of the ×8 image come back at the
+    # image side through an antialiased shrink of that ×8 image
+    face = d.perturb(x, G(7))
+    if side == 16:
+        face = F.interpolate(F.interpolate(face, scale_factor=8, mode="bilinear", align_corners=False),
+                             size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    lo, hi = face.amin(dim=(1, 2, 3), keepdim=True), face.amax(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(v, (face - lo) / (hi - lo), atol=1e-4, rtol=0)
 
 
 def test_per_component_sensitivity_gives_one_scale_per_eigenface():

@@ -1,9 +1,12 @@
 """DuetFace (ALGORITHMS §5): channel split, feature masking, frozen client, threat model."""
+import math
+
 import pytest
 import torch
 
 from bench.config import DataConfig, RecognizerConfig
 from bench.context import Context
+from bench.data.facedata import FaceData, FaceSet
 from bench.data.orl import load_orl
 from bench.errors import ConfigError
 from bench.recognition import embed
@@ -68,7 +71,8 @@ def test_mobilefacenet_exposes_four_stages():
 
 @pytest.fixture(scope="module")
 def trained():
-    data = load_orl(DataConfig(image_size=32, limit_identities=12, num_pairs=60), 0)
+    # 16 px faces: the default ×8-upsampled BDCT gives 16×16 maps (the old 32 px gave 4×4 blocks)
+    data = load_orl(DataConfig(image_size=16, limit_identities=12, num_pairs=60), 0)
     ctx = Context(seed=0, progress=False, recognizer=TINY)
     d = DEFENSES.create("duetface", client_width=8, client_epochs=2)
     d.fit(data, ctx)
@@ -78,7 +82,7 @@ def trained():
 def test_recognizer_takes_test_encode_and_keeps_the_client_frozen(trained):
     data, ctx, d, model = trained
     r = d.test_encode(data.test.images[:4], torch.Generator())
-    assert r.shape == (4, 192, 4, 4)
+    assert r.shape == (4, 192, 16, 16)  # ×8-upsampled maps at the image side (§0.1 v2)
     assert all(not p.requires_grad for p in model.client.parameters())
     frozen = {k: v.clone() for k, v in model.client.state_dict().items()}
     model.train()
@@ -103,6 +107,44 @@ def test_leak_gives_the_server_channels_only(trained):
     torch.testing.assert_close(leak.inputs, full[:, :162])
     assert leak.views is not None and leak.views.shape == data.test.images.shape
     assert 0 <= leak.views.min() and leak.views.max() <= 1
+
+
+def _sinusoids(side=16, n=6):
+    """Smooth gray faces: separable sinusoids of period 8 px at different phases."""
+    i = torch.arange(side) + 0.5
+    t = torch.stack([torch.sin(2 * math.pi * i / 8 + 0.5 * k) for k in range(n)])
+    x = (0.5 + 0.4 * t[:, :, None] * t[:, None, :])[:, None]
+    faces = FaceSet(x, torch.arange(n) // 2)
+    return x, FaceData("toy", faces, faces, faces)
+
+
+def _pearson(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+@pytest.mark.parametrize("upsample,side", [(None, 16), (False, 2)])  # None: the default (upsampled)
+def test_view_of_server_maps_is_an_image_at_the_image_side(upsample, side):
+    x, data = _sinusoids()
+    opts = {} if upsample is None else {"upsample": upsample}
+    ctx = Context(seed=0, progress=False, recognizer=TINY)
+    d = DEFENSES.create("duetface", **opts)
+    d.fit(data, ctx)  # channel statistics only: nothing is trained
+    r = d.server_channels(x, torch.Generator())
+    assert r.shape == (6, 162, side, side)
+    v = d.view(r)
+    assert v is not None and v.shape == x.shape
+    assert torch.allclose(v.amin(dim=(1, 2, 3)), torch.zeros(6))
+    assert torch.allclose(v.amax(dim=(1, 2, 3)), torch.ones(6))
+    # With only Y's DC on the client, the view is the inverse BDCT of the image's AC part: for the
+    # upsampled maps, shrunk back with antialiasing, a sinusoid's high-pass has its own shape (a
+    # nearest shrink would sample one end of each block's ramp: the gradient, uncorrelated)
+    dc_only = DEFENSES.create("duetface", client_freqs=[0], **opts)
+    dc_only.fit(data, ctx)
+    v = dc_only.view(dc_only.server_channels(x, torch.Generator()))
+    assert v.shape == x.shape and 0 <= v.min() and v.max() <= 1
+    assert torch.all(_pearson(v, x) > 0.9)
 
 
 def test_options_are_validated():

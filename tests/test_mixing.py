@@ -90,11 +90,16 @@ def _faces(n_id=4, per=6, side=16, seed=0):
                    torch.arange(n_id).repeat_interleave(per))
 
 
-@pytest.mark.parametrize("cls,shape", [(MixupRgb, (1, 16, 16)), (InstahideRgb, (1, 16, 16)),
-                                       (MixupFd, (64, 2, 2)), (InstahideFd, (64, 2, 2)),
-                                       (MaskingMixup, (63, 2, 2))])
-def test_defense_shapes_training_step_and_views(cls, shape):
-    d = cls(k=3, cap=0.55)
+@pytest.mark.parametrize("cls,opts,shape", [
+    (MixupRgb, {}, (1, 16, 16)), (InstahideRgb, {}, (1, 16, 16)),
+    # frequency defenses: ×8-upsampled BDCT maps at the image side by default (§0.1 v2) ...
+    (MixupFd, {}, (64, 16, 16)), (InstahideFd, {}, (64, 16, 16)), (MaskingMixup, {}, (63, 16, 16)),
+    # ... and the 8×8-block maps when upsampling is off
+    (MixupFd, {"upsample": False}, (64, 2, 2)), (InstahideFd, {"upsample": False}, (64, 2, 2)),
+    (MaskingMixup, {"upsample": False}, (63, 2, 2)),
+])
+def test_defense_shapes_training_step_and_views(cls, opts, shape):
+    d = cls(k=3, cap=0.55, **opts)
     x, y = _faces().images[:8], _faces().labels[:8]
     assert d.encode(x, G()).shape == (8, *shape)
     assert d.test_encode(x, G()).shape == (8, *shape)
@@ -108,7 +113,8 @@ def test_defense_shapes_training_step_and_views(cls, shape):
 
 def test_test_time_encoding_is_unmixed():
     x = _faces().images[:8]
-    assert torch.allclose(MixupFd().test_encode(x, G()), bdct_image(x))
+    assert torch.allclose(MixupFd().test_encode(x, G()), bdct_image(x, upsample=True))
+    assert torch.allclose(MixupFd(upsample=False).test_encode(x, G()), bdct_image(x))
     assert torch.allclose(InstahideRgb().test_encode(x, G()), x * 2 - 1)  # no signs either
 
 
@@ -121,7 +127,8 @@ def test_leak_targets_are_slot0_originals_and_inputs_their_mixtures():
     members, co = leak.oracle["members"], leak.oracle["coefficients"]
     assert torch.equal(members[:, 0], torch.arange(len(faces)))
     assert torch.equal(leak.targets, faces.images) and torch.equal(leak.train_targets, faces.images)
-    z = bdct_image(faces.images)
+    z = bdct_image(faces.images, upsample=True)  # the default (§0.1 v2)
+    assert leak.inputs.shape == z.shape == (len(faces), 64, 16, 16)
     expect = (co[:, :, None, None, None] * z[members]).sum(1)
     assert torch.allclose(leak.inputs, expect, atol=1e-4)
     assert not torch.allclose(leak.inputs, z, atol=1e-3)  # really mixed
@@ -137,7 +144,7 @@ def test_training_records_k_share_with_string_keys():
     d = MaskingMixup(k=4)
     model = d.train_recognizer(data, Context(seed=0, progress=False, recognizer=TINY))
     assert d.record["k_share"] == {"4": 1.0} and d.record["k_counts"] == {"4": 3}
-    assert model.in_shape == (63, 2, 2)
+    assert model.in_shape == (63, 16, 16)  # ×8-upsampled maps at the image side
 
 
 @pytest.mark.parametrize("cls,bad,match", [

@@ -1,27 +1,69 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.errors import ConfigError
-from defenses.bdct import bdct
+from defenses.bdct import bdct, bdct_image, ibdct
 from defenses.ppfr_fd import PpfrFd, permute_channels, self_normalise
 
 G = lambda s=0: torch.Generator().manual_seed(s)  # noqa: E731
 
+# The 8×8 BDCT of a ×8 bilinear-upsampled image has 15 AC channels that vanish for every image:
+# each block is a bilinear patch with its kink at the block centre, orthogonal to the u = 4 and
+# v = 4 cosines. Computed in float32 they would hold rounding noise (~1e-8) that self-
+# normalisation (eps 1e-5) amplifies to unit variance, so bdct() zeroes them exactly; the tests
+# below check the masking in float32 and in float64.
+UPSAMPLED_ZERO_CHANNELS = [4, 12, 20, 28, 32, 33, 34, 35, 36, 37, 38, 39, 44, 52, 60]
+
 
 @pytest.mark.parametrize("mix_mode", ["adjacent_sum", "random_pair_sum", "random_orthogonal"])
 @pytest.mark.parametrize("perm_mode", ["per_sample", "fixed_key"])
-def test_output_shape_and_self_normalisation(mix_mode, perm_mode):
-    d = PpfrFd(mix_mode=mix_mode, perm_mode=perm_mode)
-    r = d.encode(torch.rand(4, 1, 32, 32), G())
-    assert r.shape == (4, 63, 4, 4)
-    assert torch.allclose(r.mean(dim=(2, 3)), torch.zeros(4, 63), atol=1e-4)
-    assert torch.allclose(r.std(dim=(2, 3), unbiased=False), torch.ones(4, 63), atol=1e-3)
+@pytest.mark.parametrize("upsample,side,dtype", [(True, 32, torch.float64), (True, 32, torch.float32),
+                                                 (False, 4, torch.float32)])
+def test_output_shape_and_self_normalisation(mix_mode, perm_mode, upsample, side, dtype):
+    d = PpfrFd(mix_mode=mix_mode, perm_mode=perm_mode, upsample=upsample)
+    r = d.encode(torch.rand(4, 1, 32, 32, dtype=dtype), G())
+    assert r.shape == (4, 63, side, side) and r.dtype == dtype
+    assert torch.allclose(r.mean(dim=(2, 3)), torch.zeros(4, 63, dtype=dtype), atol=1e-4)
+    std = r.std(dim=(2, 3), unbiased=False)
+    unit = (std - 1).abs() < 1e-3
+    if upsample:  # a channel built only from the identically-zero BDCT channels stays zero
+        assert torch.all(unit | (std < 1e-3)) and unit.float().mean() > 0.8
+    else:
+        assert torch.all(unit)
 
 
-def test_dc_is_removed_so_brightness_shifts_do_not_change_the_mask():
-    d = PpfrFd(perm_mode="fixed_key")
-    x = torch.rand(2, 1, 32, 32) * 0.5
-    assert torch.allclose(d.encode(x, G()), d.encode(x + 0.3, G()), atol=1e-3)
+@pytest.mark.parametrize("upsample,dtype", [(False, torch.float32), (True, torch.float64),
+                                            (True, torch.float32)])
+def test_dc_is_removed_so_brightness_shifts_do_not_change_the_mask(upsample, dtype):
+    d = PpfrFd(perm_mode="fixed_key", upsample=upsample)
+    x = torch.rand(2, 1, 32, 32, dtype=dtype) * 0.5
+    # float32: the weakest AC channels (~1e-5) are normalised to unit variance, so rounding
+    # shows at ~1e-2 (measured 8.5e-3); before the exact zeros the upsampled maps moved by ~7
+    tol = 1e-3 if dtype == torch.float64 or not upsample else 2e-2
+    assert torch.allclose(d.encode(x, G()), d.encode(x + 0.3, G()), atol=tol)
+
+
+def test_upsampled_bdct_has_the_identically_zero_channels_the_tests_assume():
+    c = bdct(torch.rand(4, 1, 16, 16, dtype=torch.float64), upsample=True)
+    zero = (c.abs().amax(dim=(0, 2, 3)) < 1e-12).nonzero().flatten().tolist()
+    assert zero == UPSAMPLED_ZERO_CHANNELS
+    c32 = bdct(torch.rand(4, 1, 16, 16), upsample=True)  # float32: exact zeros, not rounding noise
+    assert torch.all(c32[:, UPSAMPLED_ZERO_CHANNELS] == 0)
+    assert (c32.abs().amax(dim=(0, 2, 3)) > 1e-6).sum() == 64 - len(UPSAMPLED_ZERO_CHANNELS)
+
+
+# Regression: upsampled maps have 15 identically-zero channels whose float32 rounding noise
+# self-normalisation used to amplify to unit variance (defenses/bdct.py now zeroes them exactly).
+@pytest.mark.parametrize("mix_mode", ["adjacent_sum", "random_orthogonal"])
+def test_float32_upsampled_masking_matches_float64(mix_mode):
+    d = PpfrFd(perm_mode="fixed_key", mix_mode=mix_mode)
+    x = torch.rand(2, 1, 32, 32, generator=G(3))
+    r32, r64 = d.encode(x, G()), d.encode(x.double(), G())
+    # float32 rounding after two normalisations stays below 1e-2 (measured 5e-3); the bug was O(1)
+    assert torch.allclose(r32.double(), r64, atol=1e-2)
 
 
 def test_fixed_key_is_deterministic_and_per_sample_is_not():
@@ -52,17 +94,57 @@ def test_self_normalise_is_scale_invariant():
     assert torch.allclose(self_normalise(c), self_normalise(3 * c + 2), atol=1e-4)
 
 
-def test_keep_channels_variant_and_view():
-    d = PpfrFd(keep_channels=list(range(1, 37)))
+@pytest.mark.parametrize("upsample,side", [(True, 16), (False, 2)])
+def test_keep_channels_variant_and_view(upsample, side):
+    d = PpfrFd(keep_channels=list(range(1, 37)), upsample=upsample)
     r = d.encode(torch.rand(2, 1, 16, 16), G())
-    assert r.shape == (2, 36, 2, 2)
-    assert d.view(r).shape == (2, 1, 16, 16)
+    assert r.shape == (2, 36, side, side)
+    v = d.view(r)
+    assert v.shape == (2, 1, 16, 16) and v.min() >= 0 and v.max() <= 1
 
 
-def test_the_masked_map_is_not_the_plain_spectrum():
+def _pearson(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def _minmax(img):
+    lo, hi = img.amin(dim=(1, 2, 3), keepdim=True), img.amax(dim=(1, 2, 3), keepdim=True)
+    return (img - lo) / (hi - lo)
+
+
+def test_view_of_upsampled_maps_is_the_antialiased_shrink_of_the_inverse_bdct():
+    # A smooth separable sinusoid: without DC, each 8×8 block of the ×8 image is a local ramp, and
+    # the antialiased shrink turns them into −Laplacian(x) ∝ x − mean (a sinusoid's own shape). A
+    # plain nearest shrink samples each ramp at one end instead (∝ the gradient: uncorrelated).
+    side, period = 16, 8
+    t = torch.sin(2 * math.pi * (torch.arange(side) + 0.5) / period)
+    x = (0.5 + 0.4 * t[:, None] * t[None, :]).expand(2, 1, side, side)
+    r = bdct_image(x, upsample=True)[:, 1:]  # the AC maps, in order: what the view re-slots
+    v = PpfrFd().view(r)
+    assert v.shape == x.shape and v.min() >= 0 and v.max() <= 1
+    assert torch.all(_pearson(v, x) > 0.9)
+    big = ibdct(torch.cat([torch.zeros_like(r[:, :1]), r], 1))  # [2, 1, 8·side, 8·side]
+    nearest = _minmax(F.interpolate(big, size=(side, side), mode="nearest"))
+    assert torch.all(_pearson(nearest, x) < 0.5)
+    antialiased = _minmax(F.interpolate(big, size=(side, side), mode="bilinear", align_corners=False,
+                                        antialias=True))
+    torch.testing.assert_close(v, antialiased, atol=1e-5, rtol=0)
+    plain = _minmax(F.interpolate(big, size=(side, side), mode="bilinear", align_corners=False))
+    assert (v - plain).abs().max() > 0.05  # antialiasing really is on
+    # the 8×8 maps of the same image invert at the image side with no shrink at all
+    small = bdct_image(x)[:, 1:]
+    torch.testing.assert_close(PpfrFd(upsample=False).view(small),
+                               _minmax(ibdct(torch.cat([torch.zeros_like(small[:, :1]), small], 1))))
+
+
+@pytest.mark.parametrize("upsample", [True, False])
+def test_the_masked_map_is_not_the_plain_spectrum(upsample):
     x = torch.rand(2, 1, 32, 32)
-    r = PpfrFd().encode(x, G())
-    assert not torch.allclose(r, bdct(x)[:, 1:], atol=1e-2)
+    r = PpfrFd(upsample=upsample).encode(x, G())
+    assert r.shape[-1] == (32 if upsample else 4)
+    assert not torch.allclose(r, bdct(x, upsample=upsample)[:, 1:], atol=1e-2)
 
 
 @pytest.mark.parametrize("bad", [{"mix_mode": "x"}, {"perm_mode": "y"}, {"keep_channels": [0, 1]},

@@ -213,3 +213,23 @@ def test_independent_evaluator_scores_reach_the_tables_only_when_measured(tmp_pa
     t2 = table2(records).set_index("Method")
     assert t2.loc["advface", "dlib_SRRA"] == 0.25 and t2.loc["none", "dlib_similarity"] == 0.9
     assert advface_table1(records).iloc[0]["orl_dlib_SRRA"] == 0.25
+
+
+def test_score_cls_normalises_lfw_accuracy_when_the_run_has_it(tmp_path):
+    """[H] Table 2 scores LFW: with an LFW column present, Score_cls must follow it, not the
+    first (test-split) column, even when the two rank the defenses in opposite orders."""
+    from bench.report import primary_acc_column
+
+    run_dir = make_run(tmp_path, defenses=["none", "ppfr_fd", "mixup_fd"], attacks=ATTACKS, seeds=(0,))
+    lfw = {"ppfr_fd": 0.60, "mixup_fd": 0.90, "none": 0.95}
+    for path in (run_dir / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["accuracy"]["lfw"] = {**rec["accuracy"]["orl"], "accuracy_mean": lfw[rec["defense"]]}
+        path.write_text(json.dumps(rec))
+    t2 = table2(load_cells(run_dir)).set_index(["Method", "Attack"])
+    for attack in ATTACKS:
+        assert t2.loc[("mixup_fd", attack), "Score_cls"] == pytest.approx(1.0)
+        assert t2.loc[("ppfr_fd", attack), "Score_cls"] == pytest.approx(0.5)
+    assert primary_acc_column(["acc_orl", "acc_LFW", "acc_cfp_fp"]) == "acc_LFW"
+    assert primary_acc_column(["acc_orl", "acc_cfp_fp"]) == "acc_orl"
+    assert primary_acc_column([]) is None

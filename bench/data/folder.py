@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from bench.config import DataConfig
-from bench.data.assemble import assemble
+from bench.data.assemble import assemble_streaming
 from bench.data.facedata import FaceData
-from bench.data.images import IMAGE_SUFFIXES, load_images
+from bench.data.images import IMAGE_SUFFIXES, load_image_uint8
 from bench.errors import DatasetError
 from bench.registry import DATASETS
 
@@ -43,14 +43,25 @@ def list_identity_folders(root: str | Path, limit: int = 0) -> list[tuple[str, l
     return out
 
 
+class FileReader:
+    """Item ``i`` → the uint8 face in ``paths[i]``; holds only path strings (cheap to pickle into
+    DataLoader workers)."""
+
+    def __init__(self, paths: list[str], size: int, channels: int) -> None:
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __call__(self, i: int):
+        return load_image_uint8(self.paths[i], self.size, self.channels)
+
+
 @DATASETS.register("folder")
 def load_folder(cfg: DataConfig, seed: int) -> FaceData:
-    """An identity-folder tree at ``cfg.root``, split by identity for ``seed``; named after the folder."""
+    """An identity-folder tree at ``cfg.root``, split by identity for ``seed``; named after the
+    folder. The training split is streamed from the files; aux and test are held in memory."""
     if not cfg.root:
         raise DatasetError("dataset 'folder' needs a path; pass --data-root <folder of identity folders>")
     identities = list_identity_folders(cfg.root, cfg.limit_identities)
-    paths = [f for _, files in identities for f in files]
+    paths = [str(f) for _, files in identities for f in files]
     labels = torch.tensor([k for k, (_, files) in enumerate(identities) for _ in files], dtype=torch.int64)
-    images = load_images(paths, cfg.image_size, cfg.channels)
     name = Path(cfg.root).expanduser().resolve().name or "folder"
-    return assemble(name, images, labels, cfg, seed)
+    return assemble_streaming(name, FileReader(paths, cfg.image_size, cfg.channels), labels, cfg, seed)

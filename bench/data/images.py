@@ -28,7 +28,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _to_tensor(img: Image.Image, size: int, channels: int) -> Tensor:
+def _to_uint8(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Gray/RGB, centre square crop, antialiased bilinear resize → uint8 ``[C, size, size]``."""
     if channels not in (1, 3):
         raise DatasetError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
     img = img.convert("L" if channels == 1 else "RGB")
@@ -42,8 +43,12 @@ def _to_tensor(img: Image.Image, size: int, channels: int) -> Tensor:
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    return np.array(arr.transpose(2, 0, 1), order="C")  # a writable copy (PIL buffers are read-only)
+
+
+def _to_tensor(img: Image.Image, size: int, channels: int) -> Tensor:
     # Convert in numpy: torch's parallel elementwise kernels cost ~10 ms per small image here.
-    chw = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    chw = _to_uint8(img, size, channels).astype(np.float32)
     chw /= np.float32(255.0)
     return torch.from_numpy(chw)
 
@@ -63,6 +68,20 @@ def load_image(path: str | Path, size: int, channels: int) -> Tensor:
     """Read an image file (PGM/JPEG/PNG/BMP) → float32 ``[C, size, size]`` in [0, 1]."""
     with _open_decoded(str(path), str(path)) as img:
         return _to_tensor(img, size, channels)
+
+
+def load_image_uint8(path: str | Path, size: int, channels: int) -> Tensor:
+    """Read an image file → uint8 ``[C, size, size]`` (what streamed training sets carry)."""
+    with _open_decoded(str(path), str(path)) as img:
+        return torch.from_numpy(_to_uint8(img, size, channels))
+
+
+def decode_image_bytes_uint8(data: bytes, size: int, channels: int, what: str) -> Tensor:
+    """Encoded image bytes → uint8 ``[C, size, size]``; ``what`` names the image in errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DatasetError(f"image {what} is unreadable (expected encoded bytes, got {type(data).__name__})")
+    with _open_decoded(io.BytesIO(bytes(data)), what) as img:
+        return torch.from_numpy(_to_uint8(img, size, channels))
 
 
 def decode_image_bytes(data: bytes, size: int, channels: int, what: str) -> Tensor:
