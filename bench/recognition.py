@@ -67,21 +67,14 @@ def build_backbone(cfg: RecognizerConfig, in_chans: int, in_side: int) -> nn.Mod
     return build(cfg.backbone, in_chans, in_side, widths=tuple(cfg.widths))
 
 
-def default_neck(feat_shape: tuple[int, int, int], embedding_dim: int, dropout: float) -> nn.Module:
-    """The IR-SE output layer BN2d–Dropout–Flatten–FC–BN1d (§0.2) from a feature map."""
-    c, h, w = feat_shape
-    return nn.Sequential(nn.BatchNorm2d(c), nn.Dropout(dropout), nn.Flatten(),
-                         nn.Linear(c * h * w, embedding_dim), nn.BatchNorm1d(embedding_dim))
-
-
 def make_neck(backbone: nn.Module, feat_shape: tuple[int, int, int], embedding_dim: int,
               dropout: float) -> nn.Module:
     """The backbone's own reference output layer when it defines one (Inception-ResNet-v1's
-    pooled head), else :func:`default_neck`."""
+    pooled head), else the IR output layer BN2d–Dropout–Flatten–FC–BN1d (§0.2)."""
+    from bench.backbones import ir_neck
+
     own = getattr(backbone, "make_neck", None)
-    if own is not None:
-        return own(embedding_dim, dropout, feat_shape)
-    return default_neck(feat_shape, embedding_dim, dropout)
+    return (own or ir_neck)(embedding_dim, dropout, feat_shape)
 
 
 class Recognizer(nn.Module):

@@ -23,6 +23,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from bench.backbones.staged import StagedTrunk
+
 BN_EPS = 1e-3  # the TensorFlow value facenet-pytorch keeps for its ported weights
 BN_MOMENTUM = 0.1
 FEATURES = 1792
@@ -138,7 +140,7 @@ def inception_neck(embedding_dim: int, dropout: float,
     )
 
 
-class InceptionResnetV1(nn.Module):
+class InceptionResnetV1(StagedTrunk):
     """The Inception-ResNet-v1 trunk; ``forward`` returns the 1792-channel map (3×3 at 160 px)."""
 
     def __init__(self, in_chans: int = 3) -> None:
@@ -162,20 +164,6 @@ class InceptionResnetV1(nn.Module):
         self.layer3 = nn.Sequential(*[Block17(0.10) for _ in range(10)], mixed_7a())
         self.layer4 = nn.Sequential(*[Block8(0.20) for _ in range(5)], Block8(relu=False))
         self.num_features = FEATURES
-        self.global_pool = nn.Identity()
-        self.fc = nn.Identity()
-        self.drop_rate = 0.0
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        """No head: the embedding layer is the recognizer's neck (:meth:`make_neck`)."""
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def make_neck(self, embedding_dim: int, dropout: float,
                   feat_shape: tuple[int, int, int]) -> nn.Module:

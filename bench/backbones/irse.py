@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bench.backbones.staged import StagedTrunk
+
 #: Units per stage (ALGORITHMS §0.2; face.evoLVe ``get_blocks``; insightface ``iresnet18``).
 UNITS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 14, 3), 18: (2, 2, 2, 2)}
 SE_REDUCTION = 16
@@ -81,7 +83,7 @@ def ir_neck(embedding_dim: int, dropout: float, feat_shape: tuple[int, int, int]
     )
 
 
-class IRNet(nn.Module):
+class IRNet(StagedTrunk):
     """IR / IR-SE trunk: input layer and four stages; ``forward`` returns the last feature map.
 
     ``in_chans`` changes only the input conv (a frequency map keeps the 3×3 stride-1 input layer,
@@ -108,20 +110,6 @@ class IRNet(nn.Module):
                 in_c = depth
             setattr(self, f"layer{i}", nn.Sequential(*stage))
         self.num_features = in_c
-        self.global_pool = nn.Identity()
-        self.fc = nn.Identity()
-        self.drop_rate = 0.0
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        """No head: the embedding layer is the recognizer's neck (:meth:`make_neck`)."""
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def make_neck(self, embedding_dim: int, dropout: float,
                   feat_shape: tuple[int, int, int]) -> nn.Module:
