@@ -10,12 +10,16 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any, get_type_hints
 
 from bench.errors import ConfigError
+
+
+SPLIT_TOLERANCE = 1e-6  # data.split fractions must sum to 1 within this
 
 
 @dataclass
@@ -41,6 +45,10 @@ class DataConfig:
             raise ConfigError(f"data.channels must be 1 (gray) or 3 (RGB), got {self.channels}")
         if len(self.split) != 3 or min(self.split) <= 0:
             raise ConfigError(f"data.split needs three positive fractions, got {self.split}")
+        if abs(sum(self.split) - 1.0) > SPLIT_TOLERANCE:
+            terms = " + ".join(f"{f:g}" for f in self.split)
+            raise ConfigError(f"data.split fractions must sum to 1, got {sum(self.split):g} ({terms}); "
+                              "e.g. --set data.split=[0.5,0.25,0.25]")
         if self.num_pairs < 10:
             raise ConfigError(f"data.num_pairs must be >= 10, got {self.num_pairs}")
         for name in ("workers", "max_aux_images", "max_test_images"):
@@ -71,6 +79,12 @@ class RecognizerConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast around the backbone; heads and losses in fp32)
     channels_last: bool = False  # NHWC memory format for the backbone (fast on GPUs with tensor cores)
     compile: bool = False  # torch.compile the backbone (--compile)
+    # Precise BN: after training, re-estimate every BatchNorm's running mean/var with one pass over
+    # the training faces as the recognizer sees them at test time (unflipped; a mixing defense's
+    # unmixed representation). Why: running averages lag far behind the weights on short CPU
+    # schedules, and test-time inputs (unmixed) differ from training inputs (mixed) for the mixing
+    # defenses. False keeps the statistics the training loop left.
+    bn_recalibration: bool = True
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -94,6 +108,12 @@ class MetricsConfig:
     lpips_weights: str | None = None  # path to alexnet-owt-7be5be79.pth; else the torch hub cache
     evaluator: str = "none"  # "dlib": independent pretrained face embedder (optional extra)
 
+    def validate(self) -> None:
+        if self.lpips_weights and not os.path.isfile(self.lpips_weights):
+            raise ConfigError(f"metrics.lpips_weights: no file {self.lpips_weights}; give the path of "
+                              "the torchvision AlexNet weights (alexnet-owt-7be5be79.pth), or leave "
+                              "it unset to use the torch hub cache")
+
 
 @dataclass
 class RunConfig:
@@ -115,6 +135,7 @@ class RunConfig:
             raise ConfigError("seeds must name at least one seed, e.g. --seeds 0,1,2")
         self.data.validate()
         self.recognizer.validate()
+        self.metrics.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 """The stages of one cell (ARCHITECTURE "The stages of one cell"), each stored in the artifact
-store under a key derived from config alone:
+store under a key derived from config and code alone (effective options, upstream keys,
+harness version, a fingerprint of the modules that compute it: :mod:`bench.fingerprint`):
 
     baseline ─► defense_fit ─► defense_recognizer ─► leak ─► attack ─► measure
 
@@ -23,8 +24,9 @@ from bench import __version__
 from bench.config import RunConfig
 from bench.context import Context
 from bench.data.facedata import FaceData
+from bench.fingerprint import harness_fingerprint, plugin_fingerprint
 from bench.recognition import embed, train_recognizer, verify
-from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+from bench.registry import ATTACKS, DATASETS, DEFENSES, Entry, load_builtin_plugins
 from bench.store import ArtifactStore, stage_key
 
 N_SAMPLES = 8  # reconstructions kept per cell for figures
@@ -45,6 +47,19 @@ def plugin_options(cfg_section: dict[str, dict[str, Any]], name: str) -> dict[st
     """Options a config gives plugin ``name``: its base name's table, then the variant's own."""
     base = name.split(".")[0]
     return {**cfg_section.get(base, {}), **(cfg_section.get(name, {}) if name != base else {})}
+
+
+def effective_options(entry: Entry, overrides: dict[str, Any], what: str) -> dict[str, Any]:
+    """The options a registered plugin is built with, every default filled in: its ``Options``
+    dataclass built from the variant's options and ``overrides`` (the given dict when the factory
+    has no ``Options`` dataclass)."""
+    from bench.config import build_options
+
+    given = {**entry.options, **overrides}
+    cls = getattr(entry.factory, "Options", None)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        return given
+    return dataclasses.asdict(build_options(cls, given, what))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,23 +92,34 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
 
-    # -- keys (config only; nothing is loaded) ------------------------------------------------
+    # -- keys (config and code only; nothing is loaded) ------------------------------------------
+    # Each key hashes the stage's effective settings (plugin options with every default filled
+    # in, the full data/recognizer/metrics sections), its upstream key, the harness version
+    # (stage_key) and a fingerprint of the code that computes it (bench.fingerprint): an edited
+    # default, plugin or harness module retires exactly the stages it computes.
     def data_key(self, seed: int) -> str:
-        return stage_key("data", data=dataclasses.asdict(self.cfg.data), seed=seed)
+        return stage_key("data", data=dataclasses.asdict(self.cfg.data), seed=seed,
+                         code=plugin_fingerprint(DATASETS.get(self.cfg.data.name).factory))
 
     def baseline_key(self, seed: int) -> str:
         return stage_key("baseline", data=self.data_key(seed),
-                         recognizer=dataclasses.asdict(self.cfg.recognizer))
+                         recognizer=dataclasses.asdict(self.cfg.recognizer),
+                         code=harness_fingerprint("baseline"))
 
     def defense_options(self, name: str) -> dict[str, Any]:
-        return {**DEFENSES.get(name).options, **plugin_options(self.cfg.defenses, name)}
+        """Every option defense ``name`` runs with: its Options defaults, the variant's, the config's."""
+        return effective_options(DEFENSES.get(name), plugin_options(self.cfg.defenses, name),
+                                 f"defense {name}")
 
     def attack_options(self, name: str) -> dict[str, Any]:
-        return {**ATTACKS.get(name).options, **plugin_options(self.cfg.attacks, name)}
+        """Every option attack ``name`` runs with: its Options defaults, the variant's, the config's."""
+        return effective_options(ATTACKS.get(name), plugin_options(self.cfg.attacks, name),
+                                 f"attack {name}")
 
     def fit_key(self, seed: int, defense: str) -> str:
         return stage_key("defense_fit", defense=defense, options=self.defense_options(defense),
-                         baseline=self.baseline_key(seed))
+                         baseline=self.baseline_key(seed),
+                         code=plugin_fingerprint(DEFENSES.get(defense).factory))
 
     def recognizer_key(self, seed: int, defense: str) -> str:
         return stage_key("defense_recognizer", fit=self.fit_key(seed, defense))
@@ -103,11 +129,13 @@ class Pipeline:
 
     def attack_key(self, cell: Cell) -> str:
         return stage_key("attack", leak=self.leak_key(cell.seed, cell.defense), attack=cell.attack,
-                         options=self.attack_options(cell.attack))
+                         options=self.attack_options(cell.attack),
+                         code=plugin_fingerprint(ATTACKS.get(cell.attack).factory))
 
     def measure_key(self, cell: Cell) -> str:
         return stage_key("measure", attack=self.attack_key(cell),
-                         metrics=dataclasses.asdict(self.cfg.metrics))
+                         metrics=dataclasses.asdict(self.cfg.metrics),
+                         code=harness_fingerprint("measure"))
 
     # -- stages -------------------------------------------------------------------------------
     def context(self, seed: int, *salt: object) -> Context:
@@ -229,6 +257,7 @@ class Pipeline:
             "domain": getattr(DEFENSES.get(cell.defense).factory, "domain", "image"),
             "attack": cell.attack,
             "attack_options": self.attack_options(cell.attack),
+            "bn_recalibration": self.cfg.recognizer.bn_recalibration,
             **m,
             "stage_keys": {"baseline": self.baseline_key(cell.seed),
                            "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),

@@ -1,8 +1,9 @@
 """Content-addressed artifact store: finished stages are reused, a crash loses only the stage in
 flight (ARCHITECTURE "The stages of one cell").
 
-A stage's key hashes its name, the config values it depends on, its upstream keys and the harness
-version — never upstream *contents* — so every key of a matrix is known before anything runs.
+A stage's key hashes its name, the config values it depends on, its upstream keys, the harness
+version and a fingerprint of the code that computes it (``bench.fingerprint``) — never upstream
+*contents* — so every key of a matrix is known before anything runs.
 Writes are atomic: the payload goes to a temporary file in the same folder, is flushed to disk,
 then renamed over the final name, so a reader sees a finished file or none.
 """

@@ -1,10 +1,13 @@
 """BDCT and PPFR-FD masking throughput, side by side with a vectorised ``scipy.fft.dctn`` BDCT.
 
-Run with ``python -m pytest tests/benchmarks --benchmark-enable``. The last test compares the
-medians measured here: our BDCT must not be slower than the scipy implementation of the same
-transform (10 % allowance for timer noise). With benchmarks disabled (the default test run) each
-function runs once as a smoke test and the comparison is skipped.
+``python -m pytest tests/benchmarks --benchmark-enable`` gives pytest-benchmark's tables; with
+benchmarks disabled (the default test run) those functions run once as smoke tests. The last
+test is the gate that always runs: it times both BDCTs itself in one run and asserts that ours is
+not slower than scipy's (10 % allowance for timer noise), printing the ratio.
 """
+import statistics
+import time
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -14,7 +17,6 @@ from defenses.bdct import bdct
 from defenses.ppfr_fd import PpfrFd
 
 BATCH = torch.rand(512, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-MEDIANS: dict[str, float] = {}
 
 
 def scipy_bdct(x: torch.Tensor) -> torch.Tensor:
@@ -26,25 +28,17 @@ def scipy_bdct(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(coeff.reshape(b, h // 8, w // 8, 64).transpose(0, 3, 1, 2)))
 
 
-def _record(name, benchmark):
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and not benchmark.disabled:
-        MEDIANS[name] = stats.stats.median
-
-
 @pytest.mark.benchmark(group="bdct-512x64x64")
 def test_bdct_ours(benchmark):
     torch.set_num_threads(2)
     out = benchmark(bdct, BATCH)
     assert out.shape == (512, 64, 8, 8)
-    _record("ours", benchmark)
 
 
 @pytest.mark.benchmark(group="bdct-512x64x64")
 def test_bdct_scipy(benchmark):
     out = benchmark(scipy_bdct, BATCH)
     assert torch.allclose(out, bdct(BATCH), atol=1e-5)
-    _record("scipy", benchmark)
 
 
 @pytest.mark.benchmark(group="ppfr_fd-512x64x64")
@@ -55,7 +49,31 @@ def test_ppfr_fd_masking(benchmark):
     assert out.shape == (512, 63, 8, 8)
 
 
+def _median_block_seconds(fn, reps: int = 3) -> float:
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
 def test_ours_is_not_slower_than_scipy():
-    if {"ours", "scipy"} - MEDIANS.keys():
-        pytest.skip("benchmarks disabled; run with --benchmark-enable")
-    assert MEDIANS["ours"] <= 1.10 * MEDIANS["scipy"], MEDIANS
+    """The ratio gate that runs in every test run (CI included): ours / scipy on the same batch,
+    ABBA-alternated blocks, medians; a round over the bound is measured again (noise slows some
+    rounds, a real slowdown every round)."""
+    x = BATCH[:128]
+    ours, ref = (lambda: bdct(x)), (lambda: scipy_bdct(x))
+    ours(), ref()  # warm-up (caches, first-touch allocations)
+    bound, ratio = 1.10, float("inf")
+    for _ in range(3):
+        a, b = [], []
+        for _ in range(6):
+            a.append(_median_block_seconds(ours))
+            b.append(_median_block_seconds(ref))
+            b.append(_median_block_seconds(ref))
+            a.append(_median_block_seconds(ours))
+        ratio = statistics.median(a) / statistics.median(b)
+        if ratio <= bound:
+            break
+    print(f"\nBDCT ours/scipy = {ratio:.3f} (bound {bound}); "
+          f"{statistics.median(a) * 1e3:.2f} ms vs {statistics.median(b) * 1e3:.2f} ms per 128 images")
+    assert ratio <= bound, f"BDCT ours/scipy = {ratio:.3f} > {bound}"
