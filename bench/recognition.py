@@ -97,9 +97,7 @@ class Recognizer(nn.Module):
             self.backbone.train()
         self.neck = make_neck(self.backbone, tuple(out.shape[1:]), cfg.embedding_dim, cfg.dropout)
         self.head = ArcFaceHead(cfg.embedding_dim, num_classes, cfg.arcface_s, cfg.arcface_m)
-        self.precision = getattr(cfg, "precision", "fp32")
-        self.channels_last = bool(getattr(cfg, "channels_last", False))
-        self.compile = bool(getattr(cfg, "compile", False))
+        self.precision, self.channels_last, self.compile = cfg.precision, cfg.channels_last, cfg.compile
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self._compiled: Any = None
@@ -245,10 +243,12 @@ def train_recognizer(faces: FaceSource, ctx: Context, defense: Any = None,
     model.train()
     sgd_epochs(list(model.parameters()), step_loss, len(faces), cfg, gen, desc, ctx.progress,
                faces=faces, device=ctx.device, workers=ctx.workers)
-    test_encode = defense.test_encode if defense is not None else _identity_encode
-    size = max(2, min(cfg.batch_size, len(faces)))
-    recalibrate_batchnorm(model, (test_encode(x, gen) for x in
-                                  recalibration_batches(faces, size, ctx.device, ctx.workers)))
+    if cfg.bn_recalibration:  # precise BN (why: RecognizerConfig.bn_recalibration)
+        test_encode = defense.test_encode if defense is not None else _identity_encode
+        size = max(2, min(cfg.batch_size, len(faces)))
+        recalibrate_batchnorm(model, (test_encode(x, gen) for x in
+                                      recalibration_batches(faces, size, ctx.device, ctx.workers)))
+    model.eval()
     return model
 
 
@@ -258,8 +258,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor],
     """Re-estimate the BatchNorm statistics of ``scope`` (default: all of ``model``) with one pass
     of ``model`` over ``batches`` of test-time inputs ("precise BN"): running averages lag far
     behind the weights on short CPU schedules, and test-time inputs (unmixed) differ from training
-    inputs (mixed) for the mixing defenses. Modules outside ``scope`` (e.g. DuetFace's frozen
-    client) stay in eval mode and keep their statistics. Leaves ``model`` in eval mode."""
+    inputs (mixed) for the mixing defenses. The training functions run it when
+    ``recognizer.bn_recalibration`` is true (the default). Modules outside ``scope`` (e.g.
+    DuetFace's frozen client) stay in eval mode and keep their statistics. Leaves ``model`` in
+    eval mode."""
     norms = [m for m in (scope or model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     model.eval()
     if not norms:

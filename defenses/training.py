@@ -30,7 +30,7 @@ def fit_arcface(model: nn.Module, batch: BatchFn, labels: Tensor, ctx: Context, 
     examples with ``labels`` (0..n-1); ``params`` (default: every trainable parameter) are updated.
     With ``faces`` the loop reads their images (streamed or in memory) and hands them to
     ``batch``. Ends with a precise-BN pass over ``bn_scope`` (default: the whole model) without
-    flips."""
+    flips when ``cfg.bn_recalibration`` is true; leaves ``model`` in eval mode."""
     gen = ctx.generator("recognizer", desc)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     n = len(labels)
@@ -42,12 +42,14 @@ def fit_arcface(model: nn.Module, batch: BatchFn, labels: Tensor, ctx: Context, 
     model.train()
     sgd_epochs(params, step_loss, n, cfg, gen, desc, ctx.progress, faces=faces, device=ctx.device,
                workers=ctx.workers)
-    size = max(2, min(cfg.batch_size, n))
-    no_flip = torch.zeros(size, dtype=torch.bool)
-    if faces is None:
-        reps = (batch(idx, no_flip[:len(idx)], None) for idx in torch.arange(n).split(size))
-    else:
-        reps = (batch(torch.arange(len(x)), no_flip[:len(x)], x)
-                for x in recalibration_batches(faces, size, ctx.device, ctx.workers))
-    recalibrate_batchnorm(model, reps, scope=bn_scope)
+    if cfg.bn_recalibration:  # precise BN (why: RecognizerConfig.bn_recalibration)
+        size = max(2, min(cfg.batch_size, n))
+        no_flip = torch.zeros(size, dtype=torch.bool)
+        if faces is None:
+            reps = (batch(idx, no_flip[:len(idx)], None) for idx in torch.arange(n).split(size))
+        else:
+            reps = (batch(torch.arange(len(x)), no_flip[:len(x)], x)
+                    for x in recalibration_batches(faces, size, ctx.device, ctx.workers))
+        recalibrate_batchnorm(model, reps, scope=bn_scope)
+    model.eval()
     return model

@@ -86,7 +86,7 @@ def minmax_to_half(values: Mapping[str, float]) -> dict[str, float]:
         if v is None or not math.isfinite(v):
             out[k] = math.nan
         else:
-            out[k] = 0.5 + 0.5 * (float(v) - lo) / (hi - lo)
+            out[k] = 0.5 + 0.5 * ((float(v) - lo) / (hi - lo))  # divide first: 0.5·tiny underflows
     return out
 
 

@@ -73,6 +73,18 @@ def test_missing_dataset_path(tmp_path):
     assert_one_line_error(proc, "nowhere")
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("data.split=[0.5,0.3,0.3]",
+     "data.split fractions must sum to 1, got 1.1 (0.5 + 0.3 + 0.3); "
+     "e.g. --set data.split=[0.5,0.25,0.25]"),
+    ("metrics.lpips_weights={tmp}/nowhere/alexnet.pth", "{tmp}/nowhere/alexnet.pth"),
+])
+def test_bad_input_stops_before_any_training(tmp_path, setting, message):
+    proc = bench("run", "--set", setting.format(tmp=tmp_path), results=tmp_path)
+    assert_one_line_error(proc, message.format(tmp=tmp_path))
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()  # nothing trained
+
+
 def test_unreadable_image_is_named(tmp_path):
     from PIL import Image
 

@@ -4,6 +4,18 @@ from bench.config import parse_value, preset_names, resolve
 from bench.errors import ConfigError
 
 
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_passes_validation(preset):
+    cfg = resolve(preset)  # validates: e.g. data.split sums to 1
+    assert abs(sum(cfg.data.split) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("split", ["[0.5,0.3,0.3]", "[1,1,1]", "[0.4,0.2,0.2]"])
+def test_a_split_that_does_not_sum_to_one_is_refused(split):
+    with pytest.raises(ConfigError, match="data.split fractions must sum to 1"):
+        resolve("quick", [f"data.split={split}"])
+
+
 def test_presets_resolve():
     assert {"quick", "paper"} <= set(preset_names())
     quick = resolve("quick")
@@ -13,10 +25,10 @@ def test_presets_resolve():
 
 def test_overrides_reach_sections_and_plugins():
     cfg = resolve("quick", ["recognizer.epochs=3", "defenses.ppfr_fd.perm_mode=fixed_key",
-                            "data.split=[1,1,1]", "seeds=[0,1]"])
+                            "data.split=[0.6,0.2,0.2]", "seeds=[0,1]"])
     assert cfg.recognizer.epochs == 3
     assert cfg.defenses["ppfr_fd"]["perm_mode"] == "fixed_key"
-    assert cfg.data.split == (1.0, 1.0, 1.0) and cfg.seeds == (0, 1)
+    assert cfg.data.split == (0.6, 0.2, 0.2) and cfg.seeds == (0, 1)
 
 
 @pytest.mark.parametrize("override", ["recognizer.epochs=0", "recognizer.epochs=abc",
