@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,leaderboard,compare}``.
+"""Command line: ``python -m bench {run,list,report,leaderboard,compare,new-defense}``.
 
 User mistakes (``BenchError``) print one line and exit with code 2, never a traceback.
 """
@@ -20,6 +20,7 @@ EPILOG = """examples:
   python -m bench report results/runs/<run-id>          # tables, figures, report.html
   python -m bench leaderboard                           # rebuild results/leaderboard.csv
   python -m bench compare results/runs/A results/runs/B --fail-on-regression
+  python -m bench new-defense my_defense                # a one-file defense plugin to fill in
 """
 
 
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--fail-on-regression", action="store_true",
                      help="exit 1 if an accuracy drops or a privacy metric gets worse beyond the "
                           "seed spread (for CI)")
+
+    new = sub.add_parser("new-defense", help="write a one-file defense plugin to fill in "
+                                             "(registered with no other edit)")
+    new.add_argument("name", help="the defense's registry name, a Python identifier, e.g. my_defense")
+    new.add_argument("--output", default=None, metavar="DIR",
+                     help="folder to write NAME.py into (default: the defenses package, where "
+                          "built-in plugins are found)")
     return p
 
 
@@ -216,12 +224,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_regression and not comp.regressions.empty else 0
 
 
+def cmd_new_defense(args: argparse.Namespace) -> int:
+    from bench.scaffold import new_defense, next_steps
+
+    target = new_defense(args.name, Path(args.output) if args.output else None)
+    print(next_steps(args.name, target))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("default")
     try:
         return {"run": cmd_run, "list": cmd_list, "report": cmd_report,
-                "leaderboard": cmd_leaderboard, "compare": cmd_compare}[args.command](args)
+                "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+                "new-defense": cmd_new_defense}[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -113,7 +115,12 @@ DATASETS = Registry("dataset", "faceprivbench.datasets")
 
 
 def load_builtin_plugins() -> None:
-    """Import the built-in plugin packages so their registrations run."""
+    """Import the built-in plugin packages so their registrations run. Every module of the
+    ``defenses`` package is imported, listed in its ``__init__`` or not, so a new file there
+    (``python -m bench new-defense NAME``) is registered with no other edit."""
     import attacks  # noqa: F401
     import bench.data  # noqa: F401
-    import defenses  # noqa: F401
+    import defenses
+
+    for module in pkgutil.iter_modules(defenses.__path__, "defenses."):
+        importlib.import_module(module.name)
