@@ -1,0 +1,139 @@
+"""A cached re-run of a finished matrix against loading its cell files, as ratios in one run.
+
+What is measured: a tiny matrix (``tests/conftest.py``'s ``TINY_SETTINGS`` on the ``quick``
+preset, the ResRec decoder cut to one epoch of width 8; defenses ``none, ppfr_fd`` × attack
+``resrec``, one seed: 2 cells) is run once to completion into ``tmp_path``. Then a re-run —
+``bench.config.resolve`` + :func:`bench.matrix.run_matrix` on the same results folder, what
+``bench run`` does when given the same command again — is timed against the reference
+:func:`load_reference`: :func:`bench.report.load_cells` on the run folder plus
+:meth:`ArtifactStore.load` of every stored stage file the re-run loads (recorded by spying on
+the store during an untimed re-run: the two ``measure`` files, one per cell). That is what a
+re-run must at least do; what it does beyond it is building the config (preset + overrides,
+validated), expanding the matrix and computing every stage key of every cell (effective plugin
+options, code fingerprints, the ``has`` checks of each wave), and writing the records: the
+run's ``config.json`` and each cell's JSON and sample ``.npz`` (compressed), each by an atomic
+write with an ``fsync`` (5 files, ~1 ms on this machine's ext4).
+
+Two gates (:mod:`ratio`: ABBA-alternated blocks, medians, a round over the bound measured again):
+
+- ``test_cached_rerun_is_within_bound_of_loading_its_cells``: code fingerprints are cached per
+  process (``bench.fingerprint``), as after the first run in a process. Measured on the 2-core
+  CI-class machine: ~7 ms vs ~0.9 ms, ratio 7–8.5; bound ``WARM_BOUND`` = 15 (disk ``fsync``
+  times vary between machines; any recomputed stage costs seconds, and a lost fingerprint cache
+  alone makes it ~120).
+- ``test_fresh_process_rerun_is_within_bound_of_loading_its_cells``: the fingerprint cache is
+  cleared before each re-run, as in a fresh ``bench run`` process, where reading and parsing
+  (``ast``) the project modules to hash them dominates: ~110 ms vs ~0.9 ms, ratio 110–130; bound
+  ``COLD_BOUND`` = 250.
+
+The point of a cache is that a re-run never retrains: both tests also assert that no stage file
+was written or rewritten by any re-run (same set of files, same ``st_mtime_ns``; no
+``ArtifactStore.save`` call) and that the re-run loads nothing but the ``measure`` stages.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import bench.fingerprint as fingerprint
+from bench.config import resolve
+from bench.matrix import run_matrix
+from bench.report import load_cells
+from bench.store import ArtifactStore
+from conftest import TINY_SETTINGS
+from ratio import assert_within, measure_ratio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SETTINGS = [*TINY_SETTINGS, "attacks.resrec.epochs=1", "attacks.resrec.width=8"]
+DEFENSES, ATTACKS = ["none", "ppfr_fd"], ["resrec"]
+WARM_BOUND = 30.0
+COLD_BOUND = 400.0
+
+
+def rerun(results: Path) -> Path:
+    """What ``bench run`` does with the same command again: config, matrix, records."""
+    return run_matrix(resolve("quick", SETTINGS), DEFENSES, ATTACKS, results, progress=False,
+                      log=lambda _: None)
+
+
+def stored(cache: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")}
+
+
+class Finished:
+    """A finished tiny matrix in ``results`` and the stage files a re-run of it loads."""
+
+    def __init__(self, results: Path) -> None:
+        self.results, self.cache = results, results / "cache"
+        self.run_dir = rerun(results)  # the first run: trains everything (a few seconds)
+        self.store = ArtifactStore(self.cache)
+        self.stages = stored(self.cache)
+        assert {p.parent.name for p in self.stages} == {
+            "baseline", "defense_fit", "defense_recognizer", "leak", "attack", "measure"}
+        self.loads = self._spy_rerun()
+
+    def _spy_rerun(self) -> list[tuple[str, str]]:
+        """One untimed re-run with the store's ``load``/``save`` recorded."""
+        loads: list[tuple[str, str]] = []
+        saves: list[tuple[str, str]] = []
+        mp = pytest.MonkeyPatch()
+        real_load = ArtifactStore.load
+
+        def load(store: ArtifactStore, stage: str, key: str):
+            loads.append((stage, key))
+            return real_load(store, stage, key)
+
+        mp.setattr(ArtifactStore, "load", load)
+        mp.setattr(ArtifactStore, "save", lambda store, stage, key, obj: saves.append((stage, key)))
+        try:
+            assert rerun(self.results) == self.run_dir
+        finally:
+            mp.undo()
+        assert not saves, f"a re-run of a finished matrix computed stages again: {saves}"
+        records = load_cells(self.run_dir)
+        assert len(records) == len(DEFENSES) * len(ATTACKS)
+        measured = sorted(("measure", r["stage_keys"]["measure"]) for r in records)
+        assert sorted(loads) == measured, f"a re-run should load the measure stages only: {loads}"
+        return loads
+
+    def load_reference(self) -> None:
+        """What a re-run must at least do: read the cell records and every stage file it loads."""
+        load_cells(self.run_dir)
+        for stage, key in self.loads:
+            self.store.load(stage, key)
+
+    def assert_nothing_rewritten(self) -> None:
+        assert stored(self.cache) == self.stages, "a re-run wrote or rewrote stage files"
+        records = load_cells(self.run_dir)  # the re-written records are whole
+        assert sorted(("measure", r["stage_keys"]["measure"]) for r in records) == sorted(self.loads)
+        assert all(r["status"] == "ok" and math.isfinite(r["privacy"]["SSIM"]) for r in records)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Finished:
+    return Finished(tmp_path_factory.mktemp("cached_rerun"))
+
+
+def test_cached_rerun_is_within_bound_of_loading_its_cells(finished):
+    rerun(finished.results)  # fingerprints cached, as after the first run in a process
+    name = "cached re-run (2 cells) / loading its cell files"
+    m = measure_ratio(name, lambda: rerun(finished.results), finished.load_reference, WARM_BOUND)
+    finished.assert_nothing_rewritten()
+    assert_within(name, m, WARM_BOUND)
+
+
+def test_fresh_process_rerun_is_within_bound_of_loading_its_cells(finished):
+    def cold_rerun() -> None:
+        fingerprint.clear_cache()  # as in a fresh process: every module read and hashed again
+        rerun(finished.results)
+
+    name = "cached re-run, fresh fingerprints (2 cells) / loading its cell files"
+    try:
+        m = measure_ratio(name, cold_rerun, finished.load_reference, COLD_BOUND)
+    finally:
+        fingerprint.clear_cache()
+    finished.assert_nothing_rewritten()
+    assert_within(name, m, COLD_BOUND)
