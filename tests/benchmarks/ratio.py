@@ -53,7 +53,7 @@ def call_seconds(fn: Callable[[], object], n: int = 3) -> float:
 
 
 def measure_ratio(name: str, ours: Callable[[], object], ref: Callable[[], object], bound: float,
-                  *, block_s: float = 0.04, pairs: int = 6, rounds: int = 3, warmup: int = 1,
+                  *, block_s: float = 0.04, pairs: int = 6, rounds: int = 4, warmup: int = 1,
                   round_s: float = 4.0, unit: str = "ms", scale: float = 1e3) -> Measured:
     """Median(ours) / median(ref) per call over ``pairs`` ABBA pairs of blocks, re-measured (at
     most ``rounds`` rounds) while over ``bound``; prints every round. The caller asserts.
