@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.config import RecognizerConfig
-from bench.context import Context, derive_seed
+from bench.context import Context
 from bench.data.facedata import FaceData
 from bench.errors import ConfigError, TrainingError
 from bench.recognition import build_backbone, lr_at
@@ -94,6 +95,25 @@ class KPolicy(nn.Module):
         return self.fc(f[None])[0]
 
 
+def init_policy(policy: nn.Module, gen: torch.Generator) -> nn.Module:
+    """(Re-)initialise every random parameter of ``policy`` from ``gen`` alone, with the schemes
+    the modules are built with: convolutions Kaiming-normal (fan-out, ReLU; timm's ResNet init),
+    linear layers PyTorch's default (Kaiming-uniform a=√5, bias U(±1/√fan_in)); BatchNorm keeps
+    its constant init. Modules are visited in ``named_modules`` order, so the weights are a
+    function of the generator's seed only."""
+    for module in policy.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=gen)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=gen)
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.weight.shape[1]) if module.weight.shape[1] else 0.0
+                nn.init.uniform_(module.bias, -bound, bound, generator=gen)
+    return policy
+
+
 def reinforce_step(policy: nn.Module, opt: torch.optim.Optimizer, m: Tensor,
                    reward_fn: Callable[[int], float], gen: torch.Generator,
                    baseline: float = 0.0) -> tuple[int, float, Tensor]:
@@ -146,17 +166,28 @@ class AdaMixup(MixingDefense):
     def view(self, r: Tensor) -> Tensor:
         return self.masker.view(r)
 
+    def attacker_copy(self, gen: torch.Generator) -> MixingDefense:
+        """The black-box attacker's simulator (ALGORITHMS §1 v2): under PPFR-FD's ``fixed_key``
+        a copy with a fresh key drawn from ``gen`` (the trained policy and k histogram are
+        shared); else ``self`` (no deployment secret)."""
+        from defenses.ppfr_fd import with_fresh_key
+
+        return with_fresh_key(self, gen)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["policy_opt"] = None  # rebuilt by train_recognizer; never needed after training
+        return state
+
     # -- fit: the policy network --------------------------------------------------------------------
     def fit(self, data: FaceData, ctx: Context) -> None:
         """Build the policy and its optimiser; capture the recognizer's schedule as plain values
         (the defense is pickled: no Context or data is kept)."""
         with torch.no_grad():
             shape = self.represent(data.train.take(torch.arange(2)), torch.Generator().manual_seed(0)).shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(ctx.seed, "adamixup-policy", self.name))
-            self.policy = KPolicy(shape[1], min(shape[2:]), len(self.k_values),
-                                  self.options.policy_widths)
-        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=self.options.policy_lr)
+        with torch.random.fork_rng(devices=[]):  # building draws from the global RNG: discarded
+            policy = KPolicy(shape[1], min(shape[2:]), len(self.k_values), self.options.policy_widths)
+        self.policy = init_policy(policy, ctx.generator("adamixup-policy", self.name))
         rcfg = ctx.recognizer or RecognizerConfig()
         self._rcfg = dataclasses.replace(rcfg)
         n = len(data.train)
@@ -166,6 +197,9 @@ class AdaMixup(MixingDefense):
         if self.policy is None:
             raise TrainingError("adamixup: fit() must run before the recognizer is trained")
         self.policy.to(ctx.device).train()
+        # Built here, not in fit: a fresh Adam has no state, and a stored defense holds no
+        # optimizer object (the store's safe loader only admits tensors and plain containers).
+        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=self.options.policy_lr)
         self._step, self._baseline, self._rewards = 0, None, []
         self._probs_first = self._probs_last = None
         try:
