@@ -32,11 +32,60 @@ class Leak:
     views: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     oracle: dict[str, Any] = field(default_factory=dict)
+    # Attacker knowledge (ALGORITHMS §1 v2). ``black_box``: the pairs an attacker that knows the
+    # mechanism but not the deployment's secrets simulates with secrets it drew itself
+    # (``{"train_inputs", "train_targets", "extra"}``); None when the defense has no deployment
+    # secrets (the two knowledge settings then coincide). ``secrets``: the deployment's secrets
+    # (e.g. PPFR-FD's fixed key), handed only to white-box attackers. Both default to None so
+    # Leaks stored before they existed still load.
+    black_box: dict[str, Any] | None = None
+    secrets: dict[str, Any] | None = None
 
-    def for_attacker(self) -> "Leak":
-        """A copy without the ground truth the attacker must not see."""
-        return Leak(self.train_inputs, self.train_targets, self.inputs, None, None, None,
-                    dict(self.extra))
+    def for_attacker(self, knowledge: str = "white_box", oracle: bool = False) -> "Leak":
+        """A copy without the ground truth the attacker must not see, holding only what an
+        attacker of ``knowledge`` may use (ALGORITHMS §1 "Attacker knowledge"):
+
+        - ``white_box``: the pairs simulated with the deployment's own randomness and secrets,
+          and ``secrets``;
+        - ``black_box``: the pairs simulated with secrets the attacker drew itself
+          (``black_box``, when the defense has deployment secrets) and no ``secrets``.
+
+        The stolen ``inputs`` are always the deployment's, and so are the stolen entries of
+        ``extra`` (:data:`STOLEN_EXTRA`, e.g. a mixing defense's ``stream``), which a black-box
+        simulation never replaces. ``extra["knowledge"]`` says which setting the copy was made
+        for and ``extra["pairs"]`` whose secrets built the pairs. ``oracle=True`` keeps
+        ``oracle`` (the true membership of the stolen mixtures) for attacks that declare
+        ``uses_oracle = True`` — upper-bound analyses such as ``carlini.oracle`` (§7.3 step 5),
+        always labelled as such; targets and labels are removed either way.
+        """
+        check_knowledge(knowledge)
+        train_inputs, train_targets, extra = self.train_inputs, self.train_targets, dict(self.extra)
+        pairs = "deployment"
+        if knowledge == "black_box" and self.black_box is not None:
+            train_inputs = self.black_box["train_inputs"]
+            train_targets = self.black_box["train_targets"]
+            extra.update(self.black_box.get("extra") or {})
+            extra.update({key: self.extra[key] for key in STOLEN_EXTRA if key in self.extra})
+            pairs = "attacker_secrets"
+        extra["knowledge"], extra["pairs"] = knowledge, pairs
+        secrets = dict(self.secrets or {}) if knowledge == "white_box" else None
+        return Leak(train_inputs, train_targets, self.inputs, None, None, None, extra,
+                    oracle=dict(self.oracle) if oracle else {}, secrets=secrets)
+
+
+# Entries of ``Leak.extra`` that are stolen data (the deployment's), not the attacker's own
+# simulation: ``for_attacker`` keeps them when black-box pairs replace the rest.
+STOLEN_EXTRA = ("stream",)
+
+
+KNOWLEDGE = ("white_box", "black_box")
+
+
+def check_knowledge(knowledge: str) -> None:
+    if knowledge not in KNOWLEDGE:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"attack knowledge must be one of {KNOWLEDGE}, got {knowledge!r}")
 
 
 @dataclass
@@ -52,19 +101,62 @@ class Attack(ABC):
     defaults) and ``run``. Built as ``Attack(**options)``; unknown options are an error."""
 
     name: ClassVar[str] = "attack"
+    #: Keys of ``Leak.extra`` the attack cannot run without (a structural attack such as Carlini's
+    #: needs the mixing stream); empty = it runs on any leak of (representation, image) pairs.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Options:
-        pass
+        """Options every attack shares; subclasses' ``Options`` inherit them (and call
+        ``Attack.Options.validate(self)`` from their own ``validate``).
+
+        ``knowledge`` (ALGORITHMS §1 "Attacker knowledge (v2)"): ``white_box`` = the attacker
+        knows the mechanism and the deployment's secrets (e.g. PPFR-FD's fixed key) and trains on
+        pairs simulated with them; ``black_box`` = it knows the mechanism only and simulates with
+        secrets it draws itself. Default ``white_box`` [ASSUMP]: the conservative (strongest)
+        attacker, the §7.1 recipe ("run the defense, with its real randomness") and what every
+        cell recorded before the option existed; with per-sample secrets (PPFR-FD's default
+        ``per_sample``) the two settings coincide in distribution, so nothing is lost for the
+        paper's configuration.
+        """
+
+        knowledge: str = "white_box"
+
+        def validate(self) -> None:
+            check_knowledge(self.knowledge)
 
     def __init__(self, **options: Any) -> None:
         from bench.config import build_options
 
         self.options = build_options(self.Options, options, f"attack {self.name}")
 
+    @property
+    def knowledge(self) -> str:
+        """``white_box`` or ``black_box`` (its ``knowledge`` option; an attack whose Options lack
+        it — a third-party plugin — is white-box, the pre-option behaviour)."""
+        return str(getattr(self.options, "knowledge", "white_box"))
+
     def applies_to(self, defense: Any) -> bool:
-        """Whether this attack is meaningful against ``defense`` (else the cell is ``n/a``)."""
-        return True
+        """Whether this attack is meaningful against ``defense`` (else the cell is ``n/a``).
+        Default: what :meth:`not_applicable` says (always, unless a subclass overrides it)."""
+        if type(self).not_applicable is Attack.not_applicable:
+            return True
+        return self.not_applicable(defense) is None
+
+    def not_applicable(self, defense: Any) -> str | None:
+        """Why this attack does not apply to ``defense`` (the cell is recorded ``n/a`` with this
+        reason), or None when it applies. Override this; plugins that override only
+        :meth:`applies_to` keep working: a False there gives a generic reason (a str returned
+        from it is taken as the reason)."""
+        if type(self).applies_to is Attack.applies_to:
+            return None
+        ok = self.applies_to(defense)
+        if isinstance(ok, str):
+            return ok or None
+        if ok:
+            return None
+        return (f"attack {self.name} does not apply to defense "
+                f"{getattr(defense, 'name', type(defense).__name__)}")
 
     @abstractmethod
     def run(self, leak: Leak, ctx: Context) -> Reconstruction:

@@ -14,6 +14,9 @@ Our choices, each marked ``[ASSUMP]`` and exposed as an option where it is a kno
 - Image sizes that are not a power of two are replicate-padded to the next power of two (at
   least 32, the smallest 5-level U-Net) and the output is cropped back; ``num_downs=0`` picks
   ``log2`` of that size (7 for 128 px, 6 for 64, 5 for 32).
+- ``knowledge`` (ALGORITHMS §1 v2, shared by every attack: :class:`attacks.base.Attack.Options`):
+  which simulated pairs the attack trains on — the deployment's secrets (``white_box``, default,
+  §7.1 "with its real randomness") or secrets the attacker drew itself (``black_box``).
 - At reconstruction time BatchNorm uses its running statistics (``eval``) while dropout stays
   active: pix2pix's dropout is its noise z and is kept at test time; its default test script
   uses batch statistics at batch 1 instead, which would make a reconstruction depend on its
@@ -45,7 +48,7 @@ class CganAttack(Attack):
     name: ClassVar[str] = "cgan"
 
     @dataclass
-    class Options:
+    class Options(Attack.Options):
         epochs: int = 100  # [ASSUMP] pix2pix: 100 + 100 decay epochs at batch 1
         batch_size: int = 16  # [ASSUMP] pix2pix: 1
         ngf: int = 64
@@ -59,6 +62,7 @@ class CganAttack(Attack):
         lr_decay: bool = True  # [ASSUMP] linear decay to 0 over the second half of the epochs
 
         def validate(self) -> None:
+            Attack.Options.validate(self)  # knowledge (ALGORITHMS §1)
             check_positive("attacks.cgan", epochs=self.epochs, batch_size=self.batch_size,
                            lr=self.lr, ngf=self.ngf, ndf=self.ndf, n_layers=self.n_layers)
             if self.num_downs < 0 or 0 < self.num_downs < 5:
@@ -148,7 +152,7 @@ class CganAttack(Attack):
         return Reconstruction(images, info={"final_l1": losses.get("l1"),
                                             "final_g_gan": losses.get("g_gan"),
                                             "final_d": losses.get("d"), "epochs": o.epochs,
-                                            "num_downs": num_downs})
+                                            "num_downs": num_downs, "knowledge": self.knowledge})
 
     def training_models(self, in_shape: tuple[int, ...],
                         image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:

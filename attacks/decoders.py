@@ -19,7 +19,10 @@ decoder with batch statistics.
 
 The attacks ``resrec``, ``urec`` and ``transrec`` train a decoder with L1 on (r, x) pairs with
 Adam; ``epochs=50, batch_size=32, lr=1e-3`` are ``[ASSUMP]``. Inputs are standardised per
-channel with train statistics, as in the CGAN attack.
+channel with train statistics, as in the CGAN attack. The (r, x) pairs are those the attack's
+``knowledge`` option allows (ALGORITHMS §1 v2; :class:`attacks.base.Attack.Options`): simulated
+with the deployment's secrets (``white_box``, default) or with secrets the attacker drew itself
+(``black_box``).
 """
 from __future__ import annotations
 
@@ -187,7 +190,7 @@ class DecoderAttack(Attack):
     kind: ClassVar[str] = "resrec"
 
     @dataclass
-    class Options:
+    class Options(Attack.Options):
         epochs: int = 50  # [ASSUMP]
         batch_size: int = 32  # [ASSUMP]
         lr: float = 1e-3  # [ASSUMP] (AdvFace's shadow uses 1e-4, §6)
@@ -195,6 +198,7 @@ class DecoderAttack(Attack):
         where: ClassVar[str] = "attacks.decoder"  # config path named in error messages
 
         def validate(self) -> None:
+            Attack.Options.validate(self)  # knowledge (ALGORITHMS §1)
             check_positive(self.where, epochs=self.epochs, batch_size=self.batch_size,
                            lr=self.lr, width=self.width)
 
@@ -223,7 +227,8 @@ class DecoderAttack(Attack):
             net.eval()
             images = predict(lambda r: net(r.to(device)), test_r, max(o.batch_size, 64))
         return Reconstruction(images.clamp(0, 1), info={"final_l1": losses.get("l1"),
-                                                        "epochs": o.epochs})
+                                                        "epochs": o.epochs,
+                                                        "knowledge": self.knowledge})
 
     def training_models(self, in_shape: tuple[int, ...],
                         image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:

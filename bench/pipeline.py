@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,10 @@ from attacks.base import Leak, Reconstruction
 from bench import __version__
 from bench.config import RunConfig
 from bench.context import Context
+from bench.environment import environment
 from bench.data.facedata import FaceData
 from bench.fingerprint import harness_fingerprint, plugin_fingerprint
-from bench.recognition import embed, train_recognizer, verify
+from bench.recognition import embed, tensor_digest, train_recognizer, verify
 from bench.registry import ATTACKS, DATASETS, DEFENSES, Entry, load_builtin_plugins
 from bench.store import ArtifactStore, stage_key
 
@@ -37,10 +39,12 @@ class Cell:
     seed: int
     defense: str
     attack: str
+    fold: int | None = None  # identity fold (``--folds``); None for the single split
 
     @property
     def id(self) -> str:
-        return f"{self.defense}__{self.attack}__s{self.seed}"
+        fold = "" if self.fold is None else f"__f{self.fold}"
+        return f"{self.defense}__{self.attack}__s{self.seed}{fold}"
 
 
 def plugin_options(cfg_section: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
@@ -151,7 +155,7 @@ class Pipeline:
             model = train_recognizer(data.train, ctx, desc="baseline recognizer")
             accuracy = {v.name: verify(model, v) for v in data.verification}
             return {"model": model.cpu(), "accuracy": accuracy, "seconds": time.time() - t0,
-                    "threads": torch.get_num_threads(),
+                    "threads": torch.get_num_threads(), "host": socket.gethostname(),
                     **self._thresholds(model, data)}
 
         return self.store.get_or_compute("baseline", self.baseline_key(seed), compute)
@@ -192,14 +196,34 @@ class Pipeline:
             accuracy = {v.name: verify(model, v, defense.test_encode, gen) for v in data.verification}
             return {"defense": defense, "model": model.cpu(), "accuracy": accuracy,
                     "seconds": time.time() - t0, "threads": torch.get_num_threads(),
+                    "host": socket.gethostname(),
                     "record": getattr(defense, "record", {})}
 
         return self.store.get_or_compute("defense_recognizer", self.recognizer_key(seed, name), compute)
 
     def leak(self, seed: int, name: str) -> Leak:
+        """The defense's leak, plus what attacker knowledge (ALGORITHMS §1 v2) needs: the
+        deployment's secrets (``Leak.secrets``, white-box only), the public mechanism
+        (``extra["mechanism"]``) and, when the defense has deployment secrets (its
+        :meth:`~defenses.base.Defense.attacker_copy` differs from it), the pairs a black-box
+        attacker simulates with secrets of its own (``Leak.black_box``). The black-box pairs are
+        built by the copy alone: it never reads the deployment's key."""
         def compute() -> Leak:
             defense = self.defense_recognizer(seed, name)["defense"]
-            return defense.leak(self.data(seed), self._baseline_ctx(seed))
+            data, ctx = self.data(seed), self._baseline_ctx(seed)
+            leak = defense.leak(data, ctx)
+            mechanism = defense.mechanism() if hasattr(defense, "mechanism") else None
+            if mechanism is not None:
+                leak.extra.setdefault("mechanism", mechanism)
+            if hasattr(defense, "deployment_secrets"):
+                leak.secrets = defense.deployment_secrets() or None
+            copy = defense.attacker_copy(ctx.generator("attacker_secrets", name)) \
+                if hasattr(defense, "attacker_copy") else defense
+            if copy is not defense:
+                bb = copy.leak(data, ctx)
+                leak.black_box = {"train_inputs": bb.train_inputs,
+                                  "train_targets": bb.train_targets, "extra": dict(bb.extra)}
+            return leak
 
         return self.store.get_or_compute("leak", self.leak_key(seed, name), compute)
 
@@ -207,13 +231,20 @@ class Pipeline:
         def compute() -> dict[str, Any]:
             defense = self.defense_fit(cell.seed, cell.defense)
             attack = ATTACKS.create(cell.attack, **plugin_options(self.cfg.attacks, cell.attack))
-            if not attack.applies_to(defense):
-                return {"status": "n/a", "reconstruction": None, "seconds": 0.0}
+            reason = not_applicable(attack, defense)
+            if reason is not None:
+                return {"status": "n/a", "reason": reason, "reconstruction": None, "seconds": 0.0,
+                        "host": socket.gethostname()}
             t0 = time.time()
-            recon = attack.run(self.leak(cell.seed, cell.defense).for_attacker(),
+            knowledge = getattr(attack, "knowledge", "white_box")
+            leak = self.leak(cell.seed, cell.defense)
+            # only attacks that declare ``uses_oracle`` (upper bounds, labelled so) see Leak.oracle
+            recon = attack.run(leak.for_attacker(knowledge, oracle=bool(getattr(attack, "uses_oracle", False))),
                                self.context(cell.seed, cell.attack))
+            if hasattr(attack, "diagnose"):  # ground-truth scoring, after the reconstruction is fixed
+                recon.info.update(attack.diagnose(leak, recon))
             return {"status": "ok", "reconstruction": recon, "seconds": time.time() - t0,
-                    "threads": torch.get_num_threads()}
+                    "threads": torch.get_num_threads(), "host": socket.gethostname()}
 
         return self.store.get_or_compute("attack", self.attack_key(cell), compute)
 
@@ -224,6 +255,7 @@ class Pipeline:
             base = self.baseline(cell.seed)
             out: dict[str, Any] = {
                 "status": attack["status"],
+                "na_reason": attack.get("reason") if attack["status"] == "n/a" else None,
                 "accuracy": recog["accuracy"],
                 "baseline_accuracy": base["accuracy"],
                 "record": recog.get("record", {}),
@@ -233,10 +265,16 @@ class Pipeline:
                 "torch_threads": {"baseline": base.get("threads"),
                                   "defense_recognizer": recog.get("threads"),
                                   "attack": attack.get("threads")},
+                # which machine computed each stage (a cluster run spreads them over hosts)
+                "hosts": {"baseline": base.get("host"), "defense_recognizer": recog.get("host"),
+                          "attack": attack.get("host"), "measure": socket.gethostname()},
+                "environment": environment(self.device),
             }
             if attack["status"] == "ok":
                 leak = self.leak(cell.seed, cell.defense)
                 out.update(measure_privacy(leak, attack["reconstruction"], base, self.cfg))
+                # what the attack reports about itself (knowledge, channel matching, …)
+                out["attack_info"] = json_scalars(attack["reconstruction"].info)
             return out
 
         return self.store.get_or_compute("measure", self.measure_key(cell), compute)
@@ -251,18 +289,47 @@ class Pipeline:
             "dataset": self.cfg.data.name,
             "preset": self.cfg.preset,
             "seed": cell.seed,
+            "fold": cell.fold,
+            "folds": self.cfg.data.folds,
             "defense": cell.defense,
             "defense_options": self.defense_options(cell.defense),
             "protected": bool(getattr(DEFENSES.get(cell.defense).factory, "protected", True)),
             "domain": getattr(DEFENSES.get(cell.defense).factory, "domain", "image"),
             "attack": cell.attack,
             "attack_options": self.attack_options(cell.attack),
+            # ALGORITHMS §1 v2: recorded with every cell (also inside attack_options)
+            "knowledge": self.attack_options(cell.attack).get("knowledge", "white_box"),
             "bn_recalibration": self.cfg.recognizer.bn_recalibration,
             **m,
             "stage_keys": {"baseline": self.baseline_key(cell.seed),
                            "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),
                            "measure": self.measure_key(cell)},
         }
+
+
+def json_scalars(info: dict[str, Any], max_list: int = 64) -> dict[str, Any]:
+    """The JSON-friendly part of a ``Reconstruction.info``: numbers, strings, booleans, None and
+    short lists of them; tensors and long lists are left out (they live in the attack stage)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[str(key)] = value
+        elif isinstance(value, (list, tuple)) and len(value) <= max_list and all(
+                isinstance(v, (bool, int, float, str)) or v is None for v in value):
+            out[str(key)] = list(value)
+    return out
+
+
+def not_applicable(attack: Any, defense: Any) -> str | None:
+    """Why ``attack`` does not apply to ``defense`` (None when it does). Attacks derived from
+    :class:`attacks.base.Attack` answer through ``not_applicable``; a duck-typed plugin with only
+    ``applies_to`` (a bool, or a str reason) keeps working."""
+    if hasattr(attack, "not_applicable"):
+        return attack.not_applicable(defense)
+    ok = attack.applies_to(defense) if hasattr(attack, "applies_to") else True
+    if isinstance(ok, str):
+        return ok or None
+    return None if ok else f"attack {getattr(attack, 'name', '?')} does not apply to this defense"
 
 
 @functools.lru_cache(maxsize=2)
@@ -293,12 +360,19 @@ def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
         d1, _ = perceptual_distance(orig, views, lp)
         s1, s2 = s_perceptual(d1), s_identity(cosine(e_orig, embed(f1, views)))
     s3, s4 = s_perceptual(d3), s_identity(cosine(e_orig, e_rec))
+    ssim_t, psnr_t, mse_t = ssim(orig, rec), psnr(orig, rec), mse(orig, rec)
     out["privacy"] = {
         "S1": s1, "S2": s2, "S3": s3, "S4": s4, "raw_pp": raw_pp(s1, s2, s3, s4),
-        "SSIM": float(ssim(orig, rec).mean()), "PSNR": float(psnr(orig, rec).mean()),
-        "MSE": float(mse(orig, rec).mean()),
+        "SSIM": float(ssim_t.mean()), "PSNR": float(psnr_t.mean()), "MSE": float(mse_t.mean()),
         "SRRA": srra(e_rec, e_orig, base["tau"]), "SRRA_far1e-3": srra(e_rec, e_orig, base["tau_far"]),
     }
+    # per target, for intervals and paired tests over targets (ALGORITHMS §12)
+    cos = cosine(e_rec, e_orig)
+    out["per_target"] = {
+        "SSIM": ssim_t.tolist(), "PSNR": psnr_t.tolist(), "MSE": mse_t.tolist(),
+        "SRRA": (cos >= base["tau"]).int().tolist(), "SRRA_far1e-3": (cos >= base["tau_far"]).int().tolist(),
+    }
+    out["targets_digest"] = tensor_digest(orig)
     if cfg.metrics.evaluator == "dlib":  # independent pretrained embedder (optional extra)
         from metrics.dlib_evaluator import independent_scores
 

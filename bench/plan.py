@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.config import RecognizerConfig, RunConfig
 from bench.data.facedata import FaceData, FaceSet
 from bench.errors import ConfigError, TrainingError
-from bench.pipeline import Cell, Pipeline, plugin_options
+from bench.pipeline import Cell, Pipeline, not_applicable, plugin_options
 from bench.recognition import BN_RECALIBRATION_MAX_IMAGES, Recognizer
 from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
 from bench.store import ArtifactStore
@@ -372,10 +372,11 @@ class Planner:
                 for aname in attacks:
                     cell = Cell(seed, dname, aname)
                     attack = ATTACKS.create(aname, **plugin_options(cfg.attacks, aname))
-                    if attack.applies_to(defense):
+                    reason = not_applicable(attack, defense)
+                    if reason is None:
                         est, meas = self.attack(attack, defense, d), self.measure(defense, d)
                     else:  # the runner records n/a: nothing is trained or measured
-                        est = Estimate("n/a", 0, {"attack": 0.0}, "attack does not apply")
+                        est = Estimate("n/a", 0, {"attack": 0.0}, f"n/a: {reason}")
                         meas = Estimate("n/a", 0, {"measure": 0.0})
                     rows.append(self.row(seed, dname, aname, "attack", est,
                                          {"attack": pipe.attack_key(cell)}))
@@ -388,8 +389,17 @@ def plan_matrix(cfg: RunConfig, defenses: list[str], attacks: list[str],
                 results_dir: Path) -> list[PlanRow]:
     """Every stage ``run_matrix(cfg, defenses, attacks, results_dir)`` would compute or load,
     with what it trains and its estimated FLOPs; trains and writes nothing."""
+    from bench.matrix import fold_configs
+
+    rows: list[PlanRow] = []
     with torch.random.fork_rng(devices=[]):  # fresh models draw init weights: keep the RNG as it was
-        return Planner(cfg, results_dir).plan(defenses, attacks)
+        for fold, cfg_f in fold_configs(cfg):  # each identity fold is its own set of stages
+            fold_rows = Planner(cfg_f, results_dir).plan(defenses, attacks)
+            if fold is not None:
+                fold_rows = [dataclasses.replace(r, note="; ".join(n for n in (f"fold {fold}", r.note) if n))
+                             for r in fold_rows]
+            rows += fold_rows
+    return rows
 
 
 # -- formatting -------------------------------------------------------------------------------------

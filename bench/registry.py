@@ -116,11 +116,12 @@ DATASETS = Registry("dataset", "faceprivbench.datasets")
 
 def load_builtin_plugins() -> None:
     """Import the built-in plugin packages so their registrations run. Every module of the
-    ``defenses`` package is imported, listed in its ``__init__`` or not, so a new file there
-    (``python -m bench new-defense NAME``) is registered with no other edit."""
-    import attacks  # noqa: F401
+    ``defenses`` and ``attacks`` packages is imported, listed in its ``__init__`` or not, so a new
+    file there (``python -m bench new-defense NAME``) is registered with no other edit."""
+    import attacks
     import bench.data  # noqa: F401
     import defenses
 
-    for module in pkgutil.iter_modules(defenses.__path__, "defenses."):
-        importlib.import_module(module.name)
+    for package in (defenses, attacks):
+        for module in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            importlib.import_module(module.name)

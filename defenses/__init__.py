@@ -1,4 +1,8 @@
-"""Built-in defenses; importing this package registers them in ``bench.registry.DEFENSES``."""
-from defenses import none, ppfr_fd  # noqa: E402,F401
-from defenses import adamixup, dp_peep, mixing, mixup  # noqa: E402,F401  (issue #3)
-from defenses import advface, duetface, feature_noise  # noqa: E402,F401  (issue #5)
+"""Built-in defenses; importing this package registers every module's defenses in
+``bench.registry.DEFENSES`` (each module of the package is imported, so a file written by
+``python -m bench new-defense NAME`` is picked up with no other edit)."""
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _module in _pkgutil.iter_modules(__path__, f"{__name__}."):
+    _importlib.import_module(_module.name)

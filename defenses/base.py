@@ -79,6 +79,30 @@ class Defense(ABC):
         return Leak(train_inputs, data.aux.images, inputs, data.test.images, data.test.labels,
                     views=self.view(inputs))
 
+    # -- attacker knowledge (ALGORITHMS §1 "Attacker knowledge (v2)") -------------------------------
+    def attacker_copy(self, gen: torch.Generator) -> "Defense":
+        """The defense as a black-box attacker can run it: the same mechanism (and trained
+        parts) with deployment secrets drawn afresh from ``gen``. Default: ``self`` — the defense
+        has no deployment secrets, so white- and black-box simulations coincide. Defenses with a
+        secret (PPFR-FD's ``fixed_key`` and the masking mixups built on it) override it; the
+        pipeline then simulates the black-box attacker's pairs with the copy
+        (:meth:`bench.pipeline.Pipeline.leak`)."""
+        return self
+
+    def deployment_secrets(self) -> dict[str, Any]:
+        """The deployment's secrets, handed only to ``white_box`` attackers (``Leak.secrets``).
+        Default: those of a ``masker`` component (PPFR-FD's fixed key, also held by the masking
+        mixups), else none."""
+        masker = getattr(self, "masker", None)
+        return dict(masker.secrets()) if hasattr(masker, "secrets") else {}
+
+    def mechanism(self) -> dict[str, Any] | None:
+        """The public description of the mechanism (what every attacker knows, no secrets), for
+        attacks that simulate or invert it analytically (``Leak.extra["mechanism"]``). Default:
+        that of a ``masker`` component (PPFR-FD), else None."""
+        masker = getattr(self, "masker", None)
+        return masker.mechanism() if hasattr(masker, "mechanism") else None
+
     # -- shapes without fitting (cost estimates, ``bench.plan``) --------------------------------------
     def representation_shape(self, image_shape: tuple[int, int, int],
                              recognizer: Any = None) -> tuple[int, ...]:

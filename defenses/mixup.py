@@ -137,12 +137,34 @@ class MixingDefense(Defense):
                 "k_counts": {str(k): int(self.k_counts[k]) for k in ks},
                 "k_share": {str(k): self.k_counts[k] / total for k in ks}}
 
+    # The stream (issue 11, ALGORITHMS §7.3): the server receives every mixed training batch, so
+    # each private face appears in about k × epochs encodings. [ASSUMP] the leak simulates enough
+    # random batchings of the private (test) faces that each appears in about
+    # ``STREAM_APPEARANCES`` encodings (the attack weakens near 10, Luo et al. 2105.07754), and the
+    # attacker simulates ``TRAIN_STREAM_APPEARANCES`` of its own public faces.
+    STREAM_APPEARANCES: ClassVar[int] = 20
+    TRAIN_STREAM_APPEARANCES: ClassVar[int] = 10
+
     def leak(self, data: FaceData, ctx: Context) -> Leak:
         """Attacker pairs: mixed auxiliary faces → their slot-0 originals (real randomness);
         stolen ``inputs``: the test faces mixed in batches, row ``i`` having test face ``i`` in
         slot 0 (its scoring target). ``extra`` holds what the attacker knows from its own
         simulation (membership/coefficients of its pairs); ``oracle`` the true membership of the
-        stolen mixtures (never handed to attacks)."""
+        stolen mixtures (never handed to attacks).
+
+        The stream (ALGORITHMS §7.3, for the decoupling attack): ``extra["stream"]`` holds
+        ``inputs [E, C, h, w]`` — ``stream_rounds`` random batchings of the test faces, the
+        first being ``inputs`` itself (rows ``0..N−1``) — with what the server sees of each
+        encoding: the per-slot identity ``labels [E, k_max]`` (−1 padded, slot order as the
+        mixed-label loss consumes them) and ``coefficients [E, k_max]``, plus ``n_private`` (the
+        number of private faces), ``rounds`` and ``bytes``; ``oracle["stream_members"]`` the
+        true member indices ``[E, k_max]``. ``extra["train_stream"]``: the same for the
+        attacker's own public faces (``train_targets[:n_aux]``), membership included (its own
+        simulation). Masked spaces add ``extra["unmixed_train_inputs"]``: the attacker's public
+        faces masked but not mixed (rows of ``train_targets[:n_aux]``), for a masked→image
+        decoder. Memory: ``extra["stream_bytes"]`` = float32 bytes of both streams, about
+        ``4·C·h·w·N·(STREAM_APPEARANCES + TRAIN_STREAM_APPEARANCES·n_aux/N)/k̄`` (ORL quick,
+        MixUp-FD k = 2: 1000 + 500 encodings of 64×32×32 → 384 MiB)."""
         gen = ctx.generator("leak", self.name)
         batch = ctx.recognizer.batch_size if ctx.recognizer is not None else 32
         rounds = self.options.leak_rounds
@@ -150,14 +172,64 @@ class MixingDefense(Defense):
         tr = [self.mix_dataset(aux, batch, gen) for _ in range(rounds)]
         train_inputs = torch.cat([t[0] for t in tr])
         train_targets = aux.repeat(rounds, 1, 1, 1)
-        inputs, members, coeffs = self.mix_dataset(data.test.images, batch, gen)
+        first = self.mix_dataset(data.test.images, batch, gen)
+        inputs, members, coeffs = first
         extra = {"mixing": {"space": self.space, "signs": self.signs, "cap": self.options.cap,
-                            "k_share": self.record.get("k_share")},
+                            "k_share": self.record.get("k_share"),
+                            "upsample": getattr(self.options, "upsample", None)},
                  "train_members": torch.cat([t[1] for t in tr]),
                  "train_coefficients": torch.cat([t[2] for t in tr])}
+        sgen = ctx.generator("leak_stream", self.name)
+        stream, stream_members = self.mix_stream(
+            data.test.images, data.test.labels, batch, sgen,
+            self.stream_rounds(self.STREAM_APPEARANCES), first=first)
+        train_stream, train_stream_members = self.mix_stream(
+            aux, data.aux.labels, batch, sgen, self.stream_rounds(self.TRAIN_STREAM_APPEARANCES))
+        train_stream["members"] = train_stream_members
+        extra["stream"], extra["train_stream"] = stream, train_stream
+        if self.space == "masked":
+            with torch.no_grad():
+                extra["unmixed_train_inputs"] = self.represent(aux, self._source(sgen).generator())
+        extra["stream_bytes"] = int(stream["bytes"] + train_stream["bytes"])
         return Leak(train_inputs, train_targets, inputs, data.test.images, data.test.labels,
                     views=self.view(inputs), extra=extra,
-                    oracle={"members": members, "coefficients": coeffs})
+                    oracle={"members": members, "coefficients": coeffs,
+                            "stream_members": stream_members})
+
+    def mean_leak_k(self) -> float:
+        """Mean k of the leak's mixtures: the training k histogram when recorded, else ``k``."""
+        share = (self.record or {}).get("k_share") or {}
+        total = sum(float(v) for v in share.values())
+        if total > 0:
+            return sum(int(k) * float(v) for k, v in share.items()) / total
+        return float(getattr(self.options, "k", 2))
+
+    def stream_rounds(self, appearances: int) -> int:
+        """Random batchings of a set so that each face appears in about ``appearances``
+        encodings (one batching puts each face in k̄ encodings on average)."""
+        return max(1, math.ceil(appearances / self.mean_leak_k()))
+
+    @torch.no_grad()
+    def mix_stream(self, images: Tensor, labels: Tensor, batch: int, gen: torch.Generator,
+                   rounds: int, first: tuple[Tensor, Tensor, Tensor] | None = None
+                   ) -> tuple[dict[str, Any], Tensor]:
+        """``rounds`` independent :meth:`mix_dataset` batchings of ``images`` (``first``, when
+        given, is round 0). Returns the server's view ``{"inputs", "labels", "coefficients",
+        "n_private", "rounds", "bytes"}`` and the true members ``[E, k_max]`` (−1 padded)."""
+        parts = [first] if first is not None else []
+        while len(parts) < rounds:
+            parts.append(self.mix_dataset(images, batch, gen))
+        k_max = max(p[1].shape[1] for p in parts)
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, k_max - t.shape[1]), value=v)  # noqa: E731
+        z = torch.cat([p[0] for p in parts])
+        members = torch.cat([pad(p[1], -1) for p in parts])
+        coeffs = torch.cat([pad(p[2], 0.0) for p in parts])
+        labels = labels.to(torch.long)
+        mixed_labels = torch.where(members >= 0, labels[members.clamp_min(0)],
+                                   torch.full_like(members, -1))
+        return ({"inputs": z, "labels": mixed_labels, "coefficients": coeffs,
+                 "n_private": len(images), "rounds": rounds,
+                 "bytes": z.numel() * z.element_size()}, members)
 
     @torch.no_grad()
     def mix_dataset(self, images: Tensor, batch: int,
@@ -258,3 +330,10 @@ class MaskingMixup(MixingDefense):
 
     def view(self, r: Tensor) -> Tensor:
         return self.masker.view(r)
+
+    def attacker_copy(self, gen: torch.Generator) -> Defense:
+        """The black-box attacker's simulator (ALGORITHMS §1 v2): under PPFR-FD's ``fixed_key``
+        a copy with a fresh key drawn from ``gen``; else ``self`` (no deployment secret)."""
+        from defenses.ppfr_fd import with_fresh_key
+
+        return with_fresh_key(self, gen)

@@ -3,9 +3,15 @@
 Gray BDCT → drop DC → shuffle π₁ → self-normalise → channel mixing → shuffle π₂ → self-normalise.
 No trained parameters; the recognizer is trained on the masked maps. Choices marked [ASSUMP] in
 ALGORITHMS §1 are options here: ``mix_mode``, ``perm_mode``, ``keep_channels``, ``upsample``.
+
+Attacker knowledge (§1 v2): under ``perm_mode='fixed_key'`` the key is the deployment's secret;
+:meth:`PpfrFd.attacker_copy` gives the black-box attacker's simulator (a fresh key),
+:meth:`PpfrMasker.secrets` what only a white-box attacker gets, :meth:`PpfrMasker.mechanism` the
+public description every attacker knows.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +111,57 @@ class PpfrMasker:
     def view(self, r: Tensor) -> Tensor:
         return masked_view(r, self.removed, upsampled=self.options.upsample)
 
+    # -- attacker knowledge (ALGORITHMS §1 v2) --------------------------------------------------------
+    @property
+    def keyed(self) -> bool:
+        """Whether the deployment holds secrets (one fixed key for every image)."""
+        return self.options.perm_mode == "fixed_key"
+
+    def fresh_key(self, gen: torch.Generator) -> "PpfrMasker":
+        """A copy with the fixed key (π₁, π₂ and the keyed mixing parameters) drawn from ``gen``:
+        the mechanism as a black-box attacker simulates it. Same draw order as ``__init__``."""
+        other = copy.copy(self)
+        n = self.num_channels
+        other._key_perms = (torch.randperm(n, generator=gen), torch.randperm(n, generator=gen))
+        other._key_mix = self._mixing_params(1, n, gen)
+        return other
+
+    def secrets(self) -> dict[str, Tensor]:
+        """The deployment's key under ``fixed_key`` (π₁, π₂ as channel-index tensors, the keyed
+        mixing parameters when the mix mode has any); none under ``per_sample``."""
+        if not self.keyed:
+            return {}
+        out = {"perm1": self._key_perms[0].clone(), "perm2": self._key_perms[1].clone()}
+        if self._key_mix is not None:
+            out["mix"] = self._key_mix.clone()
+        return out
+
+    def mechanism(self) -> dict[str, object]:
+        """Public description (no key): what every attacker knows (Kerckhoffs)."""
+        return {"family": "ppfr_fd", "channels": list(self.channels),
+                "keep_channels": list(self.options.keep_channels),
+                "perm_mode": self.options.perm_mode, "mix_mode": self.options.mix_mode,
+                "upsample": bool(self.options.upsample)}
+
+    def apply_with(self, x: Tensor, perm1: Tensor, perm2: Tensor,
+                   mix: Tensor | None = None) -> Tensor:
+        """The transform with explicit secrets (``perm1``/``perm2`` ``[C]`` or ``[B, C]``; ``mix``
+        the mixing parameters for ``random_pair_sum``/``random_orthogonal``): what an attacker
+        simulates when it needs to know the secrets of every pair it builds (§7.4)."""
+        c = bdct_image(x, upsample=self.options.upsample)[:, self.channels]
+        c = self_normalise(permute_channels(c, perm1))
+        b, n = c.shape[:2]
+        mode = self.options.mix_mode
+        if mode == "adjacent_sum":
+            c = c + torch.roll(c, shifts=-1, dims=1)
+        elif mode == "random_pair_sum":
+            shift = mix.reshape(-1).expand(b) if mix.numel() == 1 else mix
+            idx = (torch.arange(n)[None, :] + shift[:, None]) % n
+            c = c + permute_channels(c, idx)
+        else:
+            c = torch.einsum("bij,bjhw->bihw", mix.expand(b, n, n).to(c), c)
+        return self_normalise(permute_channels(c, perm2))
+
 
 @DEFENSES.register("ppfr_fd")
 class PpfrFd(Defense):
@@ -123,3 +180,20 @@ class PpfrFd(Defense):
 
     def view(self, r: Tensor) -> Tensor:
         return self.masker.view(r)
+
+    def attacker_copy(self, gen: torch.Generator) -> Defense:
+        """Under ``fixed_key``: a copy with a key drawn from ``gen`` (a black-box attacker knows
+        the mechanism, not the key; ALGORITHMS §1 v2). Under ``per_sample``: ``self`` (the
+        deployment has no secret; the two knowledge settings coincide in distribution)."""
+        return with_fresh_key(self, gen)
+
+
+def with_fresh_key(defense: Defense, gen: torch.Generator) -> Defense:
+    """``defense`` (which holds a :class:`PpfrMasker` as ``masker``) with a fresh PPFR-FD key
+    when it is keyed, else ``defense`` itself; shared by PPFR-FD and the masking mixups."""
+    masker = getattr(defense, "masker", None)
+    if not isinstance(masker, PpfrMasker) or not masker.keyed:
+        return defense
+    other = copy.copy(defense)
+    other.masker = masker.fresh_key(gen)
+    return other

@@ -58,7 +58,22 @@ def leak_for(in_shape: tuple[int, int, int], n_train: int = 12, n_test: int = 5,
 
 # --- every registered attack ------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+#: Attacks that run on any leak of (representation, image) pairs; structural ones (``requires``)
+#: are exercised on their own leaks in their test files, and below on a leak that lacks them.
+GENERIC = [n for n in ATTACKS.names() if not ATTACKS.get(n).factory.requires]
+STRUCTURAL = [n for n in ATTACKS.names() if ATTACKS.get(n).factory.requires]
+
+
+def test_structural_attacks_are_registered() -> None:
+    assert "carlini" in STRUCTURAL and "resrec" in GENERIC
+
+
+@pytest.mark.parametrize("name", STRUCTURAL)
+def test_structural_attack_on_a_leak_without_its_structure_says_what_is_missing(name: str) -> None:
+    with pytest.raises(TrainingError, match=ATTACKS.get(name).factory.requires[0]):
+        tiny(name).run(leak_for((16, 8, 8)).for_attacker(), ctx())
+
+@pytest.mark.parametrize("name", GENERIC)
 @pytest.mark.parametrize("in_shape", [(63, 4, 4), (16, 16, 16), (1, 32, 32)])
 def test_attack_maps_any_representation_to_images(name: str, in_shape) -> None:
     leak = leak_for(in_shape)
@@ -70,7 +85,7 @@ def test_attack_maps_any_representation_to_images(name: str, in_shape) -> None:
     assert rec.info["epochs"] == 2
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", GENERIC)
 def test_same_seed_same_reconstruction(name: str) -> None:
     leak = leak_for((16, 8, 8)).for_attacker()
     state = torch.get_rng_state()
