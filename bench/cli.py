@@ -14,12 +14,15 @@ from bench.errors import BenchError, ConfigError
 EPILOG = """examples:
   python -m bench run                                   # none,ppfr_fd x cgan on the embedded ORL faces
   python -m bench run --defenses 'masking_*,none' --attacks cgan --seeds 0,1,2
+  python -m bench run --defenses none,ppfr_fd,mixup_fd --attacks resrec --folds 4
   python -m bench run --set recognizer.epochs=5 --set attacks.cgan.epochs=2
   python -m bench run --preset paper --dataset folder --data-root /data/casia --dry-run
+  python -m bench run --backend ray --address 10.0.0.5:6379 --jobs 8 --results /shared/results
   python -m bench list
   python -m bench report results/runs/<run-id>          # tables, figures, report.html
   python -m bench leaderboard                           # rebuild results/leaderboard.csv
   python -m bench compare results/runs/A results/runs/B --fail-on-regression
+  python -m bench claims results/runs/A                 # the papers' claims against a run
   python -m bench new-defense my_defense                # a one-file defense plugin to fill in
 """
 
@@ -40,8 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="dataset folder for on-disk datasets")
     run.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper (GPU recipe)")
     run.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--folds", type=int, default=None,
+                     help="identity-disjoint cross-validation: split the identities into N test "
+                          "groups, train and attack once per fold (data.folds; combines with --seeds)")
     run.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (joblib)")
+    run.add_argument("--backend", default="loky", choices=["loky", "ray", "dask"],
+                     help="engine that runs the cells: loky (local processes; --jobs 1 runs in "
+                          "this process), ray or dask (pip install 'faceprivbench[ray]' / "
+                          "'[dask]'): a local instance for the run, or the cluster at --address")
+    run.add_argument("--address", default=None,
+                     help="join a running cluster: ray HOST:6379, ray://HOST:10001 or auto; dask "
+                          "tcp://HOST:8786 (the --results folder must be a path every worker shares)")
+    run.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="how long --address gets to answer before the run stops (exit 2)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads (CPUs) each task asks for (default: this machine's cores "
+                          "/ --jobs)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config value, e.g. recognizer.epochs=5 or "
                           "defenses.ppfr_fd.perm_mode=fixed_key (repeatable)")
@@ -76,16 +94,29 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="differences of every setting and metric between two runs",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                         description="Prints B − A per defense × attack × metric; '!' marks a change "
-                                     "beyond 2× the seed std (any change with one seed), '▼' a change "
-                                     "that is worse for the defender (see bench/compare.py).")
+                         description="Prints B − A per defense × attack × metric with the p-value of "
+                                     "a bootstrap test over verification pairs / reconstruction "
+                                     "targets (paired when both runs used the same ones; Holm-"
+                                     "adjusted); '!' marks a significant change (adjusted p < 0.05), "
+                                     "'▼' a change that is worse for the defender (bench/compare.py).")
     cmp.add_argument("run_a", help="run folder or run id (the reference)")
     cmp.add_argument("run_b", help="run folder or run id (the candidate)")
     cmp.add_argument("--results", default="results", help="where run ids are looked up (runs/<id>)")
     cmp.add_argument("--all", action="store_true", help="also list unchanged metrics")
     cmp.add_argument("--fail-on-regression", action="store_true",
-                     help="exit 1 if an accuracy drops or a privacy metric gets worse beyond the "
-                          "seed spread (for CI)")
+                     help="exit 1 if an accuracy drops or a privacy metric gets worse "
+                          "significantly (for CI)")
+
+    cl = sub.add_parser("claims", help="check the papers' directional claims (ALGORITHMS §12) "
+                                       "against a run: evidence with intervals and a verdict each",
+                        description="Each claim: holds / contradicted / inconclusive / not in this "
+                                    "run, from 95 % bootstrap intervals of the differences it "
+                                    "rests on (thresholds printed). Writes claims.json in the run "
+                                    "folder. Exit 0 whatever the verdicts unless --strict.")
+    cl.add_argument("run_dir", help="run folder or run id")
+    cl.add_argument("--results", default="results", help="where run ids are looked up (runs/<id>)")
+    cl.add_argument("--strict", action="store_true",
+                    help="exit 1 when a claim present in the run is contradicted")
 
     new = sub.add_parser("new-defense", help="write a one-file defense plugin to fill in "
                                              "(registered with no other edit)")
@@ -107,6 +138,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.backends import BackendSpec, check_backend
     from bench.config import resolve
     from bench.matrix import run_matrix
     from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
@@ -115,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_builtin_plugins()
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     extra: dict = {"data": {}}
     if args.dataset:
         extra["data"]["name"] = args.dataset
@@ -122,6 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["data"]["root"] = args.data_root
     if args.seeds:
         extra["seeds"] = _seeds(args.seeds)
+    if args.folds is not None:
+        extra["data"]["folds"] = args.folds
     if args.device:
         extra["device"] = args.device
     if args.compile:
@@ -139,6 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         DEFENSES.create(name, **_opts(cfg.defenses, name))
     for name in attacks:
         ATTACKS.create(name, **_opts(cfg.attacks, name))
+    backend = BackendSpec(args.backend, args.address, args.connect_timeout)
+    check_backend(backend)  # installed, and its --address answers: before anything trains
     if args.dry_run:  # after every check above, before anything is trained or written
         from bench.plan import format_plan, plan_matrix
 
@@ -148,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           args.throughput_tflops))
         return 0
     run_dir = run_matrix(cfg, defenses, attacks, Path(args.results), args.run_id, args.jobs,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, backend=backend, threads=args.threads)
     written = build_report(run_dir)
     records = load_cells(run_dir)
     print(format_table(table2(records)))
@@ -224,6 +262,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_regression and not comp.regressions.empty else 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from bench.compare import resolve_run
+    from bench.reporting.claims import format_claims, run_claims
+
+    run_dir = resolve_run(args.run_dir, Path(args.results))
+    results = run_claims(run_dir)
+    print(format_claims(results))
+    print(f"wrote {run_dir / 'claims.json'}")
+    contradicted = any(r.verdict == "contradicted" for r in results)
+    return 1 if args.strict and contradicted else 0
+
+
 def cmd_new_defense(args: argparse.Namespace) -> int:
     from bench.scaffold import new_defense, next_steps
 
@@ -237,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return {"run": cmd_run, "list": cmd_list, "report": cmd_report,
-                "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+                "leaderboard": cmd_leaderboard, "compare": cmd_compare, "claims": cmd_claims,
                 "new-defense": cmd_new_defense}[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

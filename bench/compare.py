@@ -8,14 +8,23 @@ Two kinds of differences are reported:
 2. **Metrics**, per defense × attack × metric, as B − A of the means over seeds. Accuracy does not
    depend on the attack, so it is compared once per defense (attack shown as ``*``).
 
-Rule for "beyond the seed spread" (the ``flag`` column):
+Significance (the ``flag`` column, ALGORITHMS §12):
 
-- ``spread`` = the larger of the two runs' seed standard deviations, counting only runs with at
-  least two seeds for that metric;
-- a change is *flagged* when ``|Δ| > 2 · spread``; when neither run has two seeds (no spread was
-  measured), or the spread is 0, any change larger than float noise (``1e-9 · max(1, |A|, |B|)``) is
-  flagged — with one seed we cannot tell noise from effect, so we say so rather than hide it;
+- when both runs kept the per-item vectors of a metric (per verification pair, per reconstruction
+  target), B − A is tested with a bootstrap: **paired** when every replicate (seed, fold) of the
+  cell was judged on the same items in both runs (checked by the pairs' / targets' digest),
+  unpaired otherwise (e.g. runs with different seeds see different splits). The p-values of all
+  tested rows are Holm-adjusted (many metrics are compared at once) and a change is *significant*
+  when the adjusted p < ``ALPHA`` (0.05); both p-values are printed;
+- metrics without per-item vectors (S1–S4, raw_pp) fall back to the seed-spread rule: flagged
+  when ``|Δ| > 2 · spread`` (the larger seed std of the two runs). With a single seed they are
+  *untestable* and not flagged when the runs carry per-item data (their pair/target-level
+  companions carry the test); in older runs without any per-item data a change larger than float
+  noise is flagged — with one seed we cannot tell noise from effect, so we say so;
 - a metric that is a number in one run and missing/NaN in the other is flagged.
+
+When the two runs' environments differ in what can change numbers (library versions, device model,
+thread count: :mod:`bench.environment`) the comparison says so next to every number.
 
 Direction (what "worse" means): utility — every ``acc_<set>`` — is better higher. Privacy is
 better when the attacker does worse: S1–S4, raw_pp and MSE better higher; SSIM, PSNR, SRRA and
@@ -35,16 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from bench.environment import environment_diff, environment_key
 from bench.errors import BenchError
-from bench.report import PRIVACY_COLUMNS, acc_columns, cells_frame, load_cells, per_defense_seed
+from bench.report import (DIGEST, ITEMS, PRIVACY_COLUMNS, acc_columns, cells_frame, load_cells,
+                          per_defense_seed)
+from bench.reporting.stats import TestResult, holm, paired_test, unpaired_test
 
 #: +1: higher is better, −1: lower is better (for the defender)
 PRIVACY_DIRECTION = {"S1": 1, "S2": 1, "S3": 1, "S4": 1, "raw_pp": 1, "MSE": 1,
                      "SSIM": -1, "PSNR": -1, "SRRA": -1, "SRRA_far1e-3": -1}
 SPREAD_FACTOR = 2.0
 NOISE = 1e-9
+ALPHA = 0.05  # significance level after Holm adjustment
 
 
 def direction(metric: str) -> tuple[str, int]:
@@ -66,6 +80,7 @@ class Comparison:
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    environment: list[str] = field(default_factory=list)  # what differs, when it can change numbers
 
     @property
     def changed(self) -> pd.DataFrame:
@@ -77,7 +92,8 @@ class Comparison:
 
     @property
     def identical(self) -> bool:
-        return not self.settings and not self.only_a and not self.only_b and self.changed.empty
+        return (not self.settings and not self.only_a and not self.only_b and self.changed.empty
+                and not self.environment)
 
 
 def resolve_run(name: str, results_dir: Path = Path("results")) -> Path:
@@ -121,19 +137,48 @@ def _per_plugin(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table: defense, attack, metric, mean, std (NaN under two seeds), n."""
+    """Long table: defense, attack, metric, mean, std (NaN under two seeds), n, and ``items``:
+    ``{(seed, fold): (digest, vector)}`` of the replicates that kept per-item vectors."""
     df = cells_frame(records)
+    cols = ["defense", "attack", "metric", "mean", "std", "n", "items"]
     if df.empty:
-        return pd.DataFrame(columns=["defense", "attack", "metric", "mean", "std", "n"])
+        return pd.DataFrame(columns=cols)
+    if "fold" not in df:
+        df["fold"] = None
     acc = per_defense_seed(df).assign(attack="*")
-    parts = [acc.melt(id_vars=["defense", "attack", "seed"], value_vars=acc_columns(df),
-                      var_name="metric")]
     ok = df[df["status"].fillna("ok") == "ok"]
-    parts.append(ok.melt(id_vars=["defense", "attack", "seed"],
-                         value_vars=PRIVACY_COLUMNS + ["raw_pp"], var_name="metric"))
-    long = pd.concat(parts, ignore_index=True)
-    g = long.groupby(["defense", "attack", "metric"], sort=False)["value"]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    rows = []
+    for frame, metrics in ((acc, acc_columns(df)), (ok, PRIVACY_COLUMNS + ["raw_pp"])):
+        for (defense, attack), sub in frame.groupby(["defense", "attack"], sort=False):
+            for m in metrics:
+                vals = sub[m].dropna()
+                items = {}
+                if f"{ITEMS}{m}" in sub:
+                    for _, r in sub.iterrows():
+                        v = r[f"{ITEMS}{m}"]
+                        if isinstance(v, list):
+                            fold = r["fold"] if r["fold"] == r["fold"] else None  # NaN → None
+                            items[(r["seed"], fold)] = (r[f"{DIGEST}{m}"], v)
+                rows.append({"defense": defense, "attack": attack, "metric": m,
+                             "mean": vals.mean() if len(vals) else math.nan,
+                             "std": vals.std(ddof=1) if len(vals) > 1 else math.nan,
+                             "n": int(len(vals)), "items": items})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _test(items_a: dict, items_b: dict) -> TestResult | None:
+    """Bootstrap test of B − A on per-item vectors (paired when every replicate matches), or
+    None when a side has no vectors."""
+    if not items_a or not items_b:
+        return None
+    keys = sorted(items_a, key=str)
+    if set(keys) == set(items_b) and all(
+            items_a[k][0] is not None and items_a[k][0] == items_b[k][0]
+            and len(items_a[k][1]) == len(items_b[k][1]) for k in keys):
+        return paired_test([np.asarray(items_a[k][1], float) for k in keys],
+                           [np.asarray(items_b[k][1], float) for k in keys])
+    return unpaired_test([np.asarray(v, float) for _, v in items_a.values()],
+                         [np.asarray(v, float) for _, v in items_b.values()])
 
 
 def _flag(a: float, b: float, sa: float, sb: float) -> tuple[bool, bool, float]:
@@ -177,10 +222,22 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     st = _stats(rec_a).merge(_stats(rec_b), on=["defense", "attack", "metric"], how="inner",
                              suffixes=("_a", "_b"))
     protected = {r["defense"]: bool(r.get("protected", True)) for r in rec_a + rec_b}
+    tests = [_test(ia, ib) for ia, ib in zip(st["items_a"], st["items_b"])] if len(st) else []
+    p_holm = holm([t.p if t is not None else math.nan for t in tests])
+    # runs that kept per-item vectors: a metric without them (S1–S4, raw_pp) is only judged by
+    # the seed spread when both runs measured one; with a single replicate it is untestable and
+    # not flagged (its pair/target-level companions — SSIM, SRRA, accuracy — carry the test)
+    itemized = any(t is not None for t in tests)
     rows = []
-    for r in st.itertuples(index=False):
+    for r, t, ph in zip(st.itertuples(index=False), tests, p_holm):
         kind, sign = direction(r.metric)
         changed, flagged, spread = _flag(r.mean_a, r.mean_b, r.std_a, r.std_b)
+        label = t.test if t is not None else "seed spread"
+        both = not (math.isnan(r.mean_a) or math.isnan(r.mean_b))
+        if t is not None and t.test != "none" and both:
+            flagged = changed and ph < ALPHA  # a paired / bootstrap test decides, not the spread
+        elif itemized and both and (math.isnan(r.std_a) or math.isnan(r.std_b)):
+            flagged, label = False, "untestable (one replicate, no per-item data)"
         delta = r.mean_b - r.mean_a
         worse = changed and not math.isnan(delta) and sign * delta < 0
         counts = kind == "utility" or protected.get(r.defense, True)
@@ -189,19 +246,34 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
                      "mean_a": r.mean_a, "std_a": r.std_a, "n_a": r.n_a,
                      "mean_b": r.mean_b, "std_b": r.std_b, "n_b": r.n_b, "delta": delta,
                      "rel": abs(delta) / scale if scale else (0.0 if delta == 0 else math.inf),
-                     "spread": spread, "changed": changed, "flagged": flagged,
+                     "spread": spread,
+                     "test": label,
+                     "p": t.p if t is not None else math.nan, "p_holm": ph,
+                     "changed": changed, "flagged": flagged,
                      "worse": worse, "regression": flagged and worse and counts})
     m = pd.DataFrame(rows)
     if not m.empty:
         m["_nan"] = m["rel"].isna()  # appeared / vanished metrics first among the flagged
         m = (m.sort_values(["flagged", "_nan", "rel"], ascending=[False, False, False],
                            kind="stable").drop(columns="_nan").reset_index(drop=True))
+    env_a = {environment_key(r.get("environment")): r.get("environment") for r in rec_a}
+    env_b = {environment_key(r.get("environment")): r.get("environment") for r in rec_b}
+    if set(env_a) != set(env_b):
+        first_a, first_b = next(iter(env_a.values()), None), next(iter(env_b.values()), None)
+        comp.environment = environment_diff(first_a, first_b) or [
+            f"environment keys {sorted(env_a)} → {sorted(env_b)}"]
     comp.metrics = m
     return comp
 
 
 def _num(v: float, digits: int = 4) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def _p(p: float, p_holm: float) -> str:
+    if p is None or math.isnan(p):
+        return ""
+    return f"{p:.2g} ({p_holm:.2g})"
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -215,6 +287,10 @@ def format_comparison(comp: Comparison, show_all: bool = False) -> str:
     if comp.identical:
         lines.append("no differences: same settings, same cells, every metric equal")
         return "\n".join(lines)
+    if comp.environment:
+        lines.append("\nenvironments differ in what can change numbers (differences below may "
+                     "be the environment's, not the settings'):")
+        lines += [f"  {d}" for d in comp.environment]
     if comp.settings:
         lines.append(f"\nsettings that differ ({len(comp.settings)}):")
         lines += [f"  {k}: {a!r} → {b!r}" for k, a, b in comp.settings]
@@ -224,14 +300,18 @@ def format_comparison(comp: Comparison, show_all: bool = False) -> str:
     m = comp.metrics
     shown = m if show_all else comp.changed
     if not shown.empty:
-        lines.append("\nmetric differences (B − A; ! = beyond 2×seed spread, or any change with "
-                     "one seed; ▼ = worse for the defender; * = counts as a regression):")
+        lines.append(f"\nmetric differences (B − A; ! = significant: Holm-adjusted p < {ALPHA} "
+                     "in a bootstrap test over pairs/targets, paired when both runs used the same "
+                     "ones — or, for records without per-item data, beyond 2×seed spread; "
+                     "▼ = worse for the defender; * = counts as a regression):")
         table = pd.DataFrame({
             "defense": shown["defense"], "attack": shown["attack"], "metric": shown["metric"],
             "A": [_cell(a, s, n) for a, s, n in zip(shown["mean_a"], shown["std_a"], shown["n_a"])],
             "B": [_cell(b, s, n) for b, s, n in zip(shown["mean_b"], shown["std_b"], shown["n_b"])],
             "Δ": [_num(d) for d in shown["delta"]],
             "rel": ["" if math.isnan(x) or math.isinf(x) else f"{100 * x:.1f}%" for x in shown["rel"]],
+            "p (Holm)": [_p(p, ph) for p, ph in zip(shown["p"], shown["p_holm"])],
+            "test": shown["test"],
             "": [("!" if f else " ") + ("▼" if w else " ") + ("*" if r else " ") for f, w, r in
                  zip(shown["flagged"], shown["worse"], shown["regression"])],
         })
@@ -239,7 +319,7 @@ def format_comparison(comp: Comparison, show_all: bool = False) -> str:
     unchanged = len(m) - len(comp.changed) if not m.empty else 0
     reg = comp.regressions
     lines.append(f"\n{len(comp.changed)} metric(s) changed ({int(m['flagged'].sum()) if not m.empty else 0}"
-                 f" beyond the seed spread), {unchanged} unchanged; {len(reg)} regression(s)")
+                 f" significantly), {unchanged} unchanged; {len(reg)} regression(s)")
     for r in reg.itertuples(index=False):
         lines.append(f"  regression: {r.defense} × {r.attack} {r.metric} ({r.kind}) "
                      f"{_num(r.mean_a)} → {_num(r.mean_b)}")

@@ -37,6 +37,8 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes decoding a streamed training set
     max_aux_images: int = 0  # streamed sets: cap of the in-memory aux split (whole identities; 0 = all)
     max_test_images: int = 0  # streamed sets: cap of the in-memory test split (0 = all)
+    folds: int = 1  # >1: identity-disjoint cross-validation, each identity in `test` once (§12)
+    fold: int = 0  # which fold this config's data is (the matrix sets it; 0..folds-1)
 
     def validate(self) -> None:
         if self.image_size < 16 or self.image_size % 8:
@@ -51,6 +53,10 @@ class DataConfig:
                               "e.g. --set data.split=[0.5,0.25,0.25]")
         if self.num_pairs < 10:
             raise ConfigError(f"data.num_pairs must be >= 10, got {self.num_pairs}")
+        if self.folds < 1:
+            raise ConfigError(f"data.folds must be >= 1 (1 = one split), got {self.folds}")
+        if not 0 <= self.fold < self.folds:
+            raise ConfigError(f"data.fold must lie in 0..{self.folds - 1}, got {self.fold}")
         for name in ("workers", "max_aux_images", "max_test_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name} must be >= 0, got {getattr(self, name)}")

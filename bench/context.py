@@ -5,7 +5,9 @@ Randomness is passed, never global: :meth:`Context.generator` derives an indepen
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,28 @@ def device_generator(gen: torch.Generator, device: torch.device | str) -> torch.
     and stay a deterministic function of the run's seeded generator."""
     seed = int(torch.randint(2**62, (1,), generator=gen))
     return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def global_rng_from(gen: torch.Generator, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with torch's global RNG (CPU, and ``device`` when it is a GPU) seeded by one
+    draw from ``gen``, restoring the caller's state afterwards.
+
+    Library modules draw from the global RNG (weight init, ``nn.Dropout``): seeding it from the
+    passed generator for exactly the block makes them a function of the run seed alone — not of
+    what ran before in the process, nor of how many numbers a library version happened to draw
+    while importing or building (a measured cause of different accuracies in two environments).
+    """
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 @dataclass

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import base_name, cells_frame, own_k_values, table2, table3  # noqa: E402
+from bench.report import (base_name, cells_frame, is_stat_column, own_k_values, table2,  # noqa: E402
+                          table3)
 from bench.store import atomic_write_bytes  # noqa: E402
 
 FIGURES = {
@@ -54,10 +55,24 @@ STYLE = {"figure.dpi": DPI, "axes.spines.top": False, "axes.spines.right": False
 
 
 def colors_for(names: list[str]) -> dict[str, Any]:
-    """A stable colour per defense (sorted names); draw_all passes one map to every figure."""
-    names = sorted(set(names))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    """A stable colour per defense *family* (``masking_mixup.k2`` … ``.k6`` share one), so a
+    30-defense matrix reads as a dozen families; draw_all passes one map to every figure and
+    :func:`markers_for` tells the variants of a family apart."""
+    families = sorted({base_name(n) for n in names})
+    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    family_color = {f: cmap(i % cmap.N) for i, f in enumerate(families)}
+    return {n: family_color[base_name(n)] for n in sorted(set(names))}
+
+
+def markers_for(names: list[str]) -> dict[str, str]:
+    """A marker per defense: the variants of one family get different markers."""
+    out: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for n in sorted(set(names)):
+        i = seen.get(base_name(n), 0)
+        seen[base_name(n)] = i + 1
+        out[n] = MARKERS[i % len(MARKERS)]
+    return out
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -176,6 +191,22 @@ def _err(v: Any) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
+def _bars(pts: pd.DataFrame, col: str, scale: float = 1.0) -> dict[Any, Any]:
+    """Error bar of each point: the 95 % bootstrap interval (asymmetric) when the table has it,
+    else ± the seed std, else none; ``scale`` maps it like the point (Scores are linear)."""
+    out: dict[Any, Any] = {}
+    for idx in pts.index:
+        mean = pts.at[idx, col]
+        lo, hi = (pts.at[idx, f"{col}_ci_{e}"] if f"{col}_ci_{e}" in pts else math.nan
+                  for e in ("low", "high"))
+        if all(map(math.isfinite, (mean, lo, hi))) and math.isfinite(scale):
+            out[idx] = [[max(0.0, (mean - lo) * scale)], [max(0.0, (hi - mean) * scale)]]
+        else:
+            std = pts.at[idx, f"{col}_std"] if f"{col}_std" in pts else math.nan
+            out[idx] = _err(std * scale if math.isfinite(scale) else math.nan)
+    return out
+
+
 def _iso_score_lines(ax: plt.Axes) -> None:
     """Dotted lines of equal Score = (Score_pp + Score_cls) / 2, labelled where they leave the box."""
     lo, hi = 0.45, 1.05
@@ -223,29 +254,34 @@ def _panel(ax: plt.Axes, sub: pd.DataFrame, acc_col: str | None, style: dict[str
         pp_rng = _span(sub.loc[sub["Score_pp"].notna(), "raw_pp"])
         cls_rng = _span(sub.loc[sub["Score_cls"].notna(), acc_col])
         x, y = pts["Score_pp"], pts["Score_cls"]
-        xerr, yerr = 0.5 * pts["raw_pp_std"] / pp_rng, 0.5 * pts[f"{acc_col}_std"] / cls_rng
+        xerr = _bars(pts, "raw_pp", 0.5 / pp_rng)
+        yerr = _bars(pts, acc_col, 0.5 / cls_rng)
         _iso_score_lines(ax)
         ax.set_xlabel("Score_pp  (privacy →)")
         ax.set_ylabel("Score_cls  (utility →)")
     else:
         col = "raw_pp" if mode == "raw" else "S34"
         pts = sub[sub[col].notna() & acc_ok]
-        x, xerr = pts[col], pts[f"{col}_std"]
+        x, xerr = pts[col], _bars(pts, col)
         y = pts[acc_col] if acc_col else pd.Series(0.0, index=pts.index)
-        yerr = pts[f"{acc_col}_std"] if acc_col else pd.Series(math.nan, index=pts.index)
+        yerr = _bars(pts, acc_col) if acc_col else {i: None for i in pts.index}
         ax.set_xlabel("raw_pp = 0.4(S1+S2) + 0.6(S3+S4)  (privacy →)" if mode == "raw" else
                       "S3 + S4 of the reconstruction  (privacy →)")
         ax.set_ylabel(f"accuracy on {acc_col[4:]} (%)  (utility →)" if acc_col else "")
     for idx in pts.index:
         name = pts.at[idx, "Method"]
         color, marker = style[name]
-        ax.errorbar(x[idx], y[idx], xerr=_err(xerr[idx]), yerr=_err(yerr[idx]), fmt=marker, ms=8,
+        ax.errorbar(x[idx], y[idx], xerr=xerr[idx], yerr=yerr[idx], fmt=marker, ms=8,
                     capsize=3, color=color, ecolor=color, elinewidth=1, label=name, mec="white",
                     mew=0.8, alpha=0.95)
-    if len(pts) <= 8:  # direct labels while they fit; the legend carries the rest
-        for idx in pts.index:
-            ax.annotate(pts.at[idx, "Method"], (x[idx], y[idx]), textcoords="offset points",
-                        xytext=(7, 4), fontsize=8)
+    # every point labelled (a 30-defense matrix is unreadable from a legend alone); small text,
+    # offsets alternating around the point so neighbours rarely print on top of each other
+    small = len(pts) > 8
+    for j, idx in enumerate(pts.index):
+        label = pts.at[idx, "Method"]
+        dx, dy = [(7, 4), (7, -9), (-7, 4), (-7, -9)][j % 4] if small else (7, 4)
+        ax.annotate(label, (x[idx], y[idx]), textcoords="offset points", xytext=(dx, dy),
+                    fontsize=6 if small else 8, ha="left" if dx > 0 else "right")
     note = {"scores": "", "raw": "\nraw values: Scores need ≥ 2 protected defenses",
             "recon": "\nevery defense: S3 + S4 (no raw_pp without an image view)"}[mode]
     ax.set_title(f"attack: {sub['Attack'].iloc[0]}{note}", fontsize=9.5)
@@ -277,12 +313,13 @@ def privacy_utility(records: list[dict[str, Any]], path: Path,
     t2["protected"] = t2["Method"].map(protected)
     if t2["S34"].notna().sum() == 0:
         return False
-    acc_cols = [c for c in t2.columns if c.startswith("acc_") and not c.endswith("_std")]
+    acc_cols = [c for c in t2.columns if c.startswith("acc_") and not is_stat_column(c)]
     acc_col = acc_cols[0] if acc_cols else None
     attacks = list(dict.fromkeys(t2["Attack"]))
     names = sorted(set(t2["Method"]))
     colors = colors or colors_for(names)
-    style = {n: (colors[n], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+    markers = markers_for(names)
+    style = {n: (colors[n], markers[n]) for n in names}
     subs = {a: t2[t2["Attack"] == a].reset_index(drop=True) for a in attacks}
     modes_of = {a: _panel_modes(subs[a], acc_col) for a in attacks}
     # one row per kind of panel any attack needs (Scores for image-domain defenses, S3+S4 for all)
@@ -304,7 +341,8 @@ def privacy_utility(records: list[dict[str, Any]], path: Path,
     # attached to a panel, not the figure: equal-aspect panels leave the figure's edge far off
     axes[0, -1].legend([handles[k] for k in sorted(handles)], sorted(handles), loc="upper left",
                        bbox_to_anchor=(1.03, 1.0), title="defense")
-    fig.suptitle("Privacy vs utility (top right is best; mean ± std over seeds)", fontweight="bold")
+    fig.suptitle("Privacy vs utility (top right is best; bars: 95 % bootstrap interval)",
+                 fontweight="bold")
     missing = [n for n in names if n not in drawn]
     if missing:  # say who is absent rather than let a missing point pass unnoticed
         note = ("Not shown — the panel's privacy measure is undefined for them (raw_pp needs an "
@@ -390,7 +428,7 @@ def k_share(records: list[dict[str, Any]], path: Path, colors: dict[str, Any] | 
     t3 = table3(records)
     if t3.empty:
         return False
-    ks = [c for c in t3.columns if c.startswith("k=") and not c.endswith("_std")]
+    ks = [c for c in t3.columns if c.startswith("k=") and not is_stat_column(c)]
     kvals = [int(c[2:]) for c in ks]
     variant_ks: dict[str, set[int]] = {}
     for r in records:

@@ -51,18 +51,27 @@ def fmt_number(v: Any) -> str:
 
 
 def table_html(df: pd.DataFrame) -> str:
-    """An HTML table where each ``col`` with a ``col_std`` companion reads ``mean ± std``."""
-    cols = [c for c in df.columns if not (c.endswith("_std") and c[:-4] in df.columns)]
+    """An HTML table where each ``col`` with companions reads ``mean ± std [ci_low, ci_high]``
+    (the 95 % bootstrap interval, ALGORITHMS §12)."""
+    def companion(c: str) -> bool:
+        return any(c.endswith(suf) and c[:-len(suf)] in df.columns
+                   for suf in ("_std", "_ci_low", "_ci_high"))
+
+    cols = [c for c in df.columns if not companion(c)]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = []
     for i in range(len(df)):
         cells = []
         for c in cols:
             v = df[c].iloc[i]  # column-wise access keeps each column's dtype (ints stay ints)
-            text = (str(int(v)) if c.endswith("n_seeds") and _finite(v) else fmt_number(v))
+            text = (str(int(v)) if c.endswith(("n_seeds", "n_folds")) and _finite(v) else fmt_number(v))
             std = df[f"{c}_std"].iloc[i] if f"{c}_std" in df.columns else None
             if _finite(std):
                 text += f" ± {fmt_number(std)}"
+            lo, hi = (df[f"{c}_ci_{e}"].iloc[i] if f"{c}_ci_{e}" in df.columns else None
+                      for e in ("low", "high"))
+            if _finite(lo) and _finite(hi):
+                text += f" [{fmt_number(lo)}, {fmt_number(hi)}]"
             klass = ' class="key"' if c in KEY_COLUMNS else ""
             cells.append(f"<td{klass}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

@@ -11,11 +11,23 @@ with ``--set recognizer.epochs=3`` gets its own row next to the preset's.
 The same (row key, seed) found in several runs is counted once (the most recently written cell):
 re-running a matrix must not shrink the std by duplicating seeds. Scores (Score_pp, Score_cls) are
 not listed: they are min-max normalised over the defenses *of one run* and mean nothing across runs.
+
+Each metric has its mean, ``_std`` over seeds (and folds) and a 95 % bootstrap interval
+``_ci_low`` / ``_ci_high`` over verification pairs / reconstruction targets and replicates
+(ALGORITHMS §12). Rows are ranked within each comparable block (same dataset, preset, perceptual
+metric, environment and attack): ``rank_utility`` by the primary verification accuracy (higher is
+better) and ``rank_privacy`` by SRRA (the share of reconstructions re-identified; lower is better).
+A row's rank is 1 + the number of rows whose interval lies entirely on the better side of its own,
+so rows whose intervals overlap share a rank (``tied_*`` says so): the table never orders
+defenses on noise. ``environment`` (:mod:`bench.environment`) and the attacker ``knowledge`` are
+part of the key: rows computed with different library versions, devices or thread counts are never
+pooled. ``bench leaderboard`` also writes ``leaderboard.html`` (:mod:`bench.reporting.leaderboard_html`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,9 +35,13 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report import PRIVACY_COLUMNS, cells_frame, load_cells
+from bench.report import (PRIVACY_COLUMNS, cells_frame, is_stat_column, load_cells, mean_std,
+                          primary_acc_column, replicate_columns)
 
-KEY = ["dataset", "preset", "perceptual_metric", "settings", "defense", "attack"]
+KEY = ["dataset", "preset", "perceptual_metric", "environment", "settings", "defense", "attack",
+       "knowledge"]
+#: rows ranked against each other: everything in KEY but the defense's own identity and settings
+BLOCK = ["dataset", "preset", "perceptual_metric", "environment", "attack", "knowledge"]
 #: config parts that never change a cell's numbers (the seed is its own column)
 IRRELEVANT_CONFIG = ("seeds", "device", "defenses", "attacks")
 
@@ -57,6 +73,8 @@ def collect(runs_dir: Path) -> pd.DataFrame:
         df["settings"] = [settings_hash(config, r) for r in records]
         df["preset"] = df["preset"].fillna(config.get("preset", "?"))
         df["mtime"] = [(run_dir / "cells" / r["_file"]).stat().st_mtime_ns for r in records]
+        df["environment"] = df["environment_key"]
+        df["knowledge"] = df["knowledge"].fillna("-")
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -71,30 +89,79 @@ def build_leaderboard(results_dir: Path) -> pd.DataFrame:
     if df.empty:
         raise BenchError(f"no readable measured cells under {runs_dir}")
     df["perceptual_metric"] = df["perceptual_metric"].fillna("unknown")
-    df = (df.sort_values("mtime").drop_duplicates(subset=KEY + ["seed"], keep="last"))
-    acc = sorted(c for c in df.columns if c.startswith("acc_"))
+    if "fold" not in df:
+        df["fold"] = None
+    df["_fold"] = df["fold"].fillna(-1)
+    df = (df.sort_values("mtime").drop_duplicates(subset=KEY + ["seed", "_fold"], keep="last"))
+    acc = sorted(c for c in df.columns if c.startswith("acc_") and not is_stat_column(c)
+                 and not c.startswith("_"))
     metrics = acc + PRIVACY_COLUMNS + ["raw_pp"]
-    g = df.groupby(KEY, sort=True, dropna=False)
-    out = g[metrics].mean()
-    std = g[metrics].std(ddof=1).add_suffix("_std")
-    out = out.join(std)
-    out = out[[c for m in metrics for c in (m, f"{m}_std")]]  # mean next to its std
-    out["n_seeds"] = g.size()
-    out["seeds"] = g["seed"].agg(lambda s: ";".join(str(int(x)) for x in sorted(s)))
-    out["runs"] = g["run_id"].agg(lambda s: ";".join(sorted(set(s))))
-    out["harness_version"] = g["harness_version"].agg(
-        lambda s: ";".join(sorted({str(x) for x in s if x is not None and x == x})))
-    out = out.reset_index()
+    out = mean_std(df, KEY, metrics)
+    out = out[KEY + [c for m in metrics for c in (m, f"{m}_std", f"{m}_ci_low", f"{m}_ci_high")]
+              + replicate_columns(out)]
+    g = df.groupby(KEY, sort=False, dropna=False)
+    extra = pd.DataFrame({
+        "seeds": g["seed"].agg(lambda s: ";".join(str(int(x)) for x in sorted(set(s)))),
+        "runs": g["run_id"].agg(lambda s: ";".join(sorted(set(s)))),
+        "harness_version": g["harness_version"].agg(
+            lambda s: ";".join(sorted({str(x) for x in s if x is not None and x == x}))),
+    }).reset_index()
+    out = out.merge(extra, on=KEY, how="left")
+    out = add_ranks(out, primary_acc_column(acc))
     # readable order: one block per dataset/preset/metric, defenses alphabetically within it
-    return out.sort_values(["dataset", "preset", "perceptual_metric", "defense", "attack",
-                            "settings"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["dataset", "preset", "perceptual_metric", "environment", "defense",
+                            "attack", "knowledge", "settings"], kind="stable").reset_index(drop=True)
+
+
+def tie_ranks(mean: list[float], low: list[float], high: list[float],
+              higher_is_better: bool) -> list[float]:
+    """1 + the number of rows whose interval lies entirely on the better side of each row's
+    (rows with overlapping intervals can share a rank); NaN for rows without a value. Without
+    intervals (NaN bounds) a row is separated from no one."""
+    out = []
+    for i in range(len(mean)):
+        if not math.isfinite(mean[i]):
+            out.append(math.nan)
+            continue
+        better = 0
+        for j in range(len(mean)):
+            if j == i or not math.isfinite(mean[j]):
+                continue
+            if not all(map(math.isfinite, (low[i], high[i], low[j], high[j]))):
+                continue
+            better += (low[j] > high[i]) if higher_is_better else (high[j] < low[i])
+        out.append(float(1 + better))
+    return out
+
+
+def add_ranks(table: pd.DataFrame, acc_col: str | None) -> pd.DataFrame:
+    """``rank_utility`` / ``rank_privacy`` with ties (:func:`tie_ranks`) within each block."""
+    table = table.copy()
+    specs = [("utility", acc_col, True), ("privacy", "SRRA", False)]
+    for name, col, higher in specs:
+        table[f"rank_{name}"] = math.nan
+        table[f"tied_{name}"] = False
+        if col is None or col not in table:
+            continue
+        for _, idx in table.groupby(BLOCK, sort=False, dropna=False).groups.items():
+            sub = table.loc[idx]
+            ranks = tie_ranks(list(sub[col]), list(sub[f"{col}_ci_low"]),
+                              list(sub[f"{col}_ci_high"]), higher)
+            table.loc[idx, f"rank_{name}"] = ranks
+            counts = pd.Series(ranks).value_counts()
+            table.loc[idx, f"tied_{name}"] = [bool(r == r and counts.get(r, 0) > 1) for r in ranks]
+    return table
 
 
 def write_leaderboard(results_dir: Path, path: Path | None = None) -> tuple[Path, pd.DataFrame]:
-    """Rebuild and write ``results_dir/leaderboard.csv`` (or ``path``); return it and the table."""
+    """Rebuild and write ``results_dir/leaderboard.csv`` (or ``path``) and the HTML page next to
+    it (same name, ``.html``); return the CSV's path and the table."""
     from bench.report import write_csv
+
+    from bench.reporting.leaderboard_html import write_leaderboard_html
 
     table = build_leaderboard(results_dir)
     path = Path(path) if path else Path(results_dir) / "leaderboard.csv"
     write_csv(table, path)
+    write_leaderboard_html(table, path.with_suffix(".html"))
     return path, table

@@ -1,4 +1,5 @@
-"""Expand a defense × attack × seed matrix and run it stage by stage (joblib across cells).
+"""Expand a defense × attack × seed matrix and run it stage by stage (joblib across cells:
+loky, Ray or Dask, :mod:`bench.backends`).
 
 Stages run in three waves so that shared work is done once: the baseline recognizers (one per
 seed), then each defense's chain (fit → recognizer → leak), then each cell's attack and
@@ -10,14 +11,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from bench.backends import BackendSpec, Session
 from bench.config import RunConfig
 from bench.pipeline import Cell, Pipeline
 from bench.store import ArtifactStore, atomic_write_bytes, atomic_write_text
@@ -34,9 +38,12 @@ def _worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
-def _run_stage(cfg: RunConfig, store_root: str, progress: bool, jobs: int,
-               stage: str, args: tuple) -> None:
-    torch.set_num_threads(_worker_threads(jobs))
+def _run_stage(cfg: RunConfig, store_root: str, progress: bool, threads: int,
+               stage: str, args: tuple) -> str:
+    """One task of a wave, in whichever process or machine the backend picked: it gets a config
+    and the store's path, computes (or loads) its stages and writes them to the store; nothing
+    but the host's name comes back."""
+    torch.set_num_threads(threads)
     pipe = Pipeline(cfg, ArtifactStore(store_root), progress=progress)
     if stage == "baseline":
         pipe.baseline(*args)
@@ -44,28 +51,37 @@ def _run_stage(cfg: RunConfig, store_root: str, progress: bool, jobs: int,
         pipe.leak(*args)
     else:
         pipe.measure(args[0])
+    return socket.gethostname()
 
 
-def _wave(label: str, tasks: list[tuple], cfg: RunConfig, store: ArtifactStore, jobs: int,
-          progress: bool, stage: str) -> None:
+def _wave(label: str, tasks: list[tuple], cfg: RunConfig, store: ArtifactStore,
+          session: Session, progress: bool, stage: str,
+          log: Callable[[str], None] = print) -> None:
+    """Run one wave's tasks on ``session``'s backend; log where it ran and its wall time."""
     if not tasks:
         return
-    inner = progress and jobs == 1  # nested bars only make sense in one process
-    run = delayed(_run_stage)
-    if jobs == 1:
-        for args in tqdm(tasks, desc=label, disable=not progress):
-            _run_stage(cfg, str(store.root), inner, jobs, stage, args)
-        return
-    calls = [run(cfg, str(store.root), inner, jobs, stage, args) for args in tasks]
-    for _ in tqdm(Parallel(n_jobs=jobs, return_as="generator_unordered")(calls),
-                  total=len(calls), desc=label, disable=not progress):
-        pass
+    inner = progress and session.inline  # nested bars only make sense in one process
+    root = str(store.root.resolve())  # workers may run elsewhere: an absolute (shared) path
+    calls = [(cfg, root, inner, session.threads, stage, args) for args in tasks]
+    t0 = time.perf_counter()
+    with tqdm(total=len(calls), desc=label, disable=not progress) as bar:
+        hosts = sorted(set(session.run(_run_stage, calls, lambda: bar.update(1))))
+    log(f"wave {label}: {len(tasks)} task(s) on {session.where} in "
+        f"{time.perf_counter() - t0:.1f} s (hosts: {', '.join(hosts)})")
 
 
 def run_matrix(cfg: RunConfig, defenses: list[str], attacks: list[str], results_dir: Path,
                run_id: str | None = None, jobs: int = 1, progress: bool = True,
-               log: Callable[[str], None] = print) -> Path:
-    """Run every cell, write ``results_dir/runs/<id>/{config.json,cells/*.json}``; return the folder."""
+               log: Callable[[str], None] = print, backend: BackendSpec | None = None,
+               threads: int | None = None, wave_log: Callable[[str], None] | None = None) -> Path:
+    """Run every cell, write ``results_dir/runs/<id>/{config.json,cells/*.json}``; return the folder.
+
+    ``backend`` picks the engine that runs each wave (:mod:`bench.backends`; default: loky, in
+    this process when ``jobs`` is 1); ``threads`` is each task's ``torch.set_num_threads``
+    (default: this machine's cores / ``jobs``). ``wave_log`` gets one line per wave that ran:
+    its engine, wall time and hosts (default: standard error, beside the progress bars, so
+    standard output stays the run's results)."""
+    wave_log = wave_log or _stderr
     store = ArtifactStore(results_dir / "cache")
     pipe = Pipeline(cfg, store, progress=progress)
     run_id = run_id or run_id_for(cfg, defenses, attacks)
@@ -73,21 +89,44 @@ def run_matrix(cfg: RunConfig, defenses: list[str], attacks: list[str], results_
     atomic_write_text(run_dir / "config.json", json.dumps(
         {"run_id": run_id, "defenses": defenses, "attacks": attacks, "config": cfg.to_dict()},
         indent=2, default=str))
-    cells = [Cell(s, d, a) for s in cfg.seeds for d in defenses for a in attacks]
-    todo = [c for c in cells if not store.has("measure", pipe.measure_key(c))]
-    log(f"run {run_id}: {len(cells)} cells, {len(cells) - len(todo)} already measured")
+    session = Session(backend or BackendSpec(), jobs,
+                      threads if threads is not None else _worker_threads(jobs),
+                      use_gpu=cfg.device != "cpu")
+    with session:  # a local Ray instance / Dask cluster starts with the first wave that has work
+        for fold, cfg_f in fold_configs(cfg):
+            pipe = Pipeline(cfg_f, store, progress=progress)
+            cells = [Cell(s, d, a, fold) for s in cfg.seeds for d in defenses for a in attacks]
+            todo = [c for c in cells if not store.has("measure", pipe.measure_key(c))]
+            where = "" if fold is None else f" fold {fold + 1}/{cfg.data.folds}"
+            log(f"run {run_id}{where}: {len(cells)} cells, {len(cells) - len(todo)} already measured")
 
-    seeds = sorted({c.seed for c in todo if not store.has("baseline", pipe.baseline_key(c.seed))})
-    _wave("baselines", [(s,) for s in seeds], cfg, store, jobs, progress, "baseline")
-    chains = sorted({(c.seed, c.defense) for c in todo
-                     if not store.has("leak", pipe.leak_key(c.seed, c.defense))})
-    _wave("defenses", chains, cfg, store, jobs, progress, "defense")
-    _wave("attacks", [(c,) for c in todo], cfg, store, jobs, progress, "measure")
+            seeds = sorted({c.seed for c in todo
+                            if not store.has("baseline", pipe.baseline_key(c.seed))})
+            _wave("baselines", [(s,) for s in seeds], cfg_f, store, session, progress,
+                  "baseline", wave_log)
+            chains = sorted({(c.seed, c.defense) for c in todo
+                             if not store.has("leak", pipe.leak_key(c.seed, c.defense))})
+            _wave("defenses", chains, cfg_f, store, session, progress, "defense", wave_log)
+            _wave("attacks", [(c,) for c in todo], cfg_f, store, session, progress, "measure",
+                  wave_log)
 
-    for cell in cells:
-        record = pipe.cell_record(cell, run_id)
-        write_cell(run_dir, cell, record, record.pop("samples", None))
+            for cell in cells:
+                record = pipe.cell_record(cell, run_id)
+                write_cell(run_dir, cell, record, record.pop("samples", None))
     return run_dir
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def fold_configs(cfg: RunConfig) -> list[tuple[int | None, RunConfig]]:
+    """``(fold, config)`` per identity fold (ALGORITHMS §12); ``[(None, cfg)]`` without folds.
+    Each fold's config differs only in ``data.fold``, so its stages get their own keys."""
+    if cfg.data.folds <= 1:
+        return [(None, cfg)]
+    return [(f, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=f)))
+            for f in range(cfg.data.folds)]
 
 
 def write_cell(run_dir: Path, cell: Cell, record: dict[str, Any], samples: dict | None) -> None:

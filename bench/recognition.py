@@ -3,6 +3,7 @@ embeddings and verification (ALGORITHMS §0.2, §0.3, §8 "Verification accuracy
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.context import Context, global_rng_from
 from bench.data.facedata import FaceSource, VerificationSet, to_float
 from bench.errors import TrainingError
 
@@ -178,6 +179,13 @@ def sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: Rec
     summed on the device and checked once per epoch: no host sync per step.
     """
     device = device or torch.device("cpu")
+    with global_rng_from(gen, device):  # dropout masks: a function of ``gen`` alone
+        _sgd_epochs(params, step_loss, n, cfg, gen, desc, progress, faces, device, workers)
+
+
+def _sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: RecognizerConfig,
+                gen: torch.Generator, desc: str, progress: bool, faces: FaceSource | None,
+                device: torch.device, workers: int) -> None:
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
@@ -232,8 +240,7 @@ def train_recognizer(faces: FaceSource, ctx: Context, defense: Any = None,
     encode = defense.encode if defense is not None else _identity_encode
     with torch.no_grad():
         in_shape = tuple(encode(faces.take(torch.arange(2)), torch.Generator().manual_seed(0)).shape[1:])
-    torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))  # weight init only
-    model = Recognizer(cfg, in_shape, faces.num_identities).to(ctx.device)
+    model = build_seeded(lambda: Recognizer(cfg, in_shape, faces.num_identities), gen).to(ctx.device)
     labels = faces.labels.to(ctx.device)
 
     def step_loss(idx: Tensor, flip: Tensor, x: Tensor | None) -> Tensor:
@@ -299,11 +306,35 @@ def embed(model: Recognizer, images: Tensor, encode: Encoder | None = None,
 
 def verify(model: Recognizer, vset: VerificationSet, encode: Encoder | None = None,
            gen: torch.Generator | None = None) -> dict[str, float]:
-    """10-fold verification accuracy (mean ± std) and VAL@FAR on one verification set."""
+    """10-fold verification accuracy (mean ± std), VAL@FAR, the per-pair outcomes and a digest of
+    the pairs (two cells judged on the same pairs can be compared pair by pair, ALGORITHMS §12)."""
     from metrics.identity import verification_accuracy
 
     emb = embed(model, vset.images, encode, gen)
-    return verification_accuracy(emb[0::2], emb[1::2], vset.issame)
+    out = verification_accuracy(emb[0::2], emb[1::2], vset.issame)
+    out["pairs_digest"] = tensor_digest(vset.images, torch.as_tensor(vset.issame))
+    return out
+
+
+def build_seeded(build: Callable[[], nn.Module], gen: torch.Generator) -> nn.Module:
+    """``build()`` with its weight initialisation drawn from a seed taken from ``gen``.
+
+    Library modules (torch, timm) initialise from the global generator; it is forked and seeded
+    for the build (:func:`bench.context.global_rng_from`), so the weights depend only on ``gen``
+    and no other stage's random state is touched."""
+    with global_rng_from(gen):  # modules are built on the CPU
+        return build()
+
+
+def tensor_digest(*tensors: Tensor) -> str:
+    """16 hex digits identifying tensors' contents (shape, dtype and values), read in chunks."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        for chunk in t.reshape(-1).split(1 << 22):
+            h.update(chunk.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def num_parameters(model: nn.Module) -> int:

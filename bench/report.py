@@ -12,6 +12,11 @@ sample standard deviation (ddof = 1; empty with a single seed: no spread was mea
 - ``advface_table1.csv`` / ``advface_table2.csv``: `[A]` Tables 1 and 2 for the feature-domain
   defenses and DuetFace (reconstruction quality; accuracy).
 - ``table4.csv``: `[A]` Table 4, SSIM for AdvFace's shadow decoder × the attacker's decoder.
+- ``table5.csv``: SSIM and SRRA per kind of attacker (decoder, CGAN, Carlini learned / oracle,
+  white-box), ``n/a`` where an attack does not apply.
+
+Cells where an attack does not apply (``status: n/a``) keep their row in ``table2.csv`` with the
+reason in its ``note`` column and no privacy numbers.
 
 A table is only written when the run has the cells it needs.
 """
@@ -25,6 +30,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from bench.environment import environment_key
 from bench.errors import BenchError
 from bench.store import atomic_write_text
 
@@ -85,19 +91,41 @@ def base_name(defense: str) -> str:
     return defense.split(".")[0]
 
 
+ITEMS = "_items_"  # hidden column prefix: a cell's per-pair / per-target vector of a metric
+DIGEST = "_digest_"  # hidden column prefix: which pairs / targets that vector is about
+
+
 def cells_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell: identifiers, accuracy (%) per verification set, privacy metrics."""
+    """One row per cell: identifiers, accuracy (%) per verification set, privacy metrics.
+
+    Hidden columns ``_items_<metric>`` hold the cell's per-item vector of a metric (per pair for
+    accuracy, in %; per reconstruction target for SSIM, PSNR, MSE and SRRA) when the record has
+    one, and ``_digest_<metric>`` which items they are: intervals and paired tests use them
+    (:mod:`bench.reporting.stats`); records written before they existed simply lack them."""
     rows = []
     for rec in records:
         row: dict[str, Any] = {k: rec.get(k) for k in ("dataset", "preset", "defense", "attack", "seed",
-                                                       "status", "protected", "domain",
+                                                       "fold", "status", "protected", "domain",
                                                        "perceptual_metric", "run_id",
                                                        "harness_version")}
+        row["environment_key"] = environment_key(rec.get("environment"))
+        row["na_reason"] = rec.get("na_reason") if rec.get("status") == "n/a" else None
+        dp = rec.get("record") or {}
+        row["epsilon"] = _num(dp.get("epsilon")) if "epsilon" in dp else math.nan  # DP-SGD (§4.4)
+        row["delta"] = _num(dp.get("delta")) if "delta" in dp else math.nan
+        row["knowledge"] = (rec.get("attack_options") or {}).get("knowledge")
         for vset, acc in (rec.get("accuracy") or {}).items():
             row[f"acc_{vset}"] = 100.0 * acc["accuracy_mean"]
+            if isinstance(acc.get("correct"), list):
+                row[f"{ITEMS}acc_{vset}"] = [100.0 * c for c in acc["correct"]]
+                row[f"{DIGEST}acc_{vset}"] = acc.get("pairs_digest")
         privacy = rec.get("privacy") or {}
         row.update({k: _num(privacy.get(k)) for k in PRIVACY_COLUMNS + ["raw_pp"]})
         row.update({k: _num(privacy[k]) for k in INDEPENDENT_COLUMNS if k in privacy})
+        for k, items in (rec.get("per_target") or {}).items():
+            if k in PRIVACY_COLUMNS and isinstance(items, list):
+                row[f"{ITEMS}{k}"] = [_num(v) for v in items]
+                row[f"{DIGEST}{k}"] = rec.get("targets_digest")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -116,7 +144,15 @@ def independent_columns(df: pd.DataFrame) -> list[str]:
 
 
 def acc_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("acc_") and not c.endswith("_std")]
+    return [c for c in df.columns if c.startswith("acc_") and not is_stat_column(c)]
+
+
+STAT_SUFFIXES = ("_std", "_ci_low", "_ci_high")
+
+
+def is_stat_column(col: str) -> bool:
+    """A spread or interval column (``<metric>_std``, ``_ci_low``, ``_ci_high``), not a metric."""
+    return col.endswith(STAT_SUFFIXES)
 
 
 def primary_acc_column(acc_cols: list[str]) -> str | None:
@@ -130,18 +166,65 @@ def primary_acc_column(acc_cols: list[str]) -> str | None:
 
 
 def mean_std(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
-    """Group by ``keys``: mean of ``cols``, their ``<col>_std`` (ddof 1) and ``n_seeds``."""
-    g = df.groupby(keys, sort=False, dropna=False)
-    mean = g[cols].mean()
-    std = g[cols].std(ddof=1)  # NaN with one seed: a spread of 0 would claim a precision we lack
-    std.columns = [f"{c}_std" for c in cols]
-    return pd.concat([mean, std, g.size().rename("n_seeds")], axis=1).reset_index()
+    """Group by ``keys``: per column the mean over replicates (seeds × folds), ``<col>_std``
+    (ddof 1 over replicates; NaN with one: a spread of 0 would claim a precision we lack), the
+    95 % bootstrap interval ``<col>_ci_low`` / ``<col>_ci_high`` (over pairs or targets and
+    replicates; over replicates alone for metrics without per-item vectors — ALGORITHMS §12,
+    :mod:`bench.reporting.stats`), then ``n_seeds`` and, when the run has identity folds,
+    ``n_folds``."""
+    from bench.reporting.stats import interval, replicate_interval
+
+    rows = []
+    for key, sub in df.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for c in cols:
+            items = sub[f"{ITEMS}{c}"] if f"{ITEMS}{c}" in sub else None
+            if items is not None and items.map(lambda v: isinstance(v, list)).all():
+                iv = interval(list(items))
+            else:
+                iv = replicate_interval(list(sub[c]))
+            row[c] = sub[c].mean()  # the table's number is the mean of the cells' own means
+            row[f"{c}_std"] = sub[c].std(ddof=1)
+            row[f"{c}_ci_low"], row[f"{c}_ci_high"] = iv.low, iv.high
+        row["n_seeds"] = sub["seed"].nunique() if "seed" in sub else len(sub)
+        if "fold" in sub and sub["fold"].notna().any():
+            row["n_folds"] = int(sub["fold"].nunique())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    ordered = (keys + cols + [f"{c}_std" for c in cols] + [f"{c}_ci_{e}" for c in cols
+                                                            for e in ("low", "high")])
+    extra = [c for c in ("n_seeds", "n_folds") if c in out]
+    return out[ordered + extra] if not out.empty else pd.DataFrame(columns=ordered + extra)
+
+
+def with_privacy_budget(out: pd.DataFrame, cells: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Add ``epsilon`` / ``delta`` (DP-SGD's accounted budget, mean over replicates) to every row
+    of a defense that has one, when any cell of the run does (ALGORITHMS §4.4)."""
+    if "epsilon" not in cells or not cells["epsilon"].notna().any():
+        return out
+    budget = cells.groupby("defense")[["epsilon", "delta"]].mean()
+    return out.assign(epsilon=out[key].map(budget["epsilon"]), delta=out[key].map(budget["delta"]))
+
+
+def budget_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in ("epsilon", "delta") if c in df]
+
+
+def ci_columns(cols: list[str]) -> list[str]:
+    """``<col>_ci_low``, ``<col>_ci_high`` of each column, in order."""
+    return [f"{c}_ci_{end}" for c in cols for end in ("low", "high")]
+
+
+def replicate_columns(df: pd.DataFrame) -> list[str]:
+    """``n_seeds`` and, for runs with identity folds, ``n_folds``."""
+    return [c for c in ("n_seeds", "n_folds") if c in df]
 
 
 def per_defense_seed(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (defense, seed): accuracy does not depend on the attack, so each attack's cell
     repeats it; counting it once per attack would weight defenses by their number of attacks."""
-    return df.drop_duplicates(subset=["dataset", "defense", "seed"], keep="first")
+    subset = ["dataset", "defense", "seed"] + (["fold"] if "fold" in df else [])
+    return df.drop_duplicates(subset=subset, keep="first")
 
 
 # -- [H] tables -----------------------------------------------------------------------------------
@@ -155,8 +238,11 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     acc_cols = acc_columns(df)
     num_cols = acc_cols + PRIVACY_COLUMNS + ["raw_pp"] + independent_columns(df)
     grouped = mean_std(df, ["defense", "attack"], num_cols)
+    df["note"] = df["na_reason"].map(lambda r: f"n/a: {r}" if isinstance(r, str) else
+                                     None) if "na_reason" in df else None
+    df.loc[(df["status"] == "n/a") & df["note"].isna(), "note"] = "n/a"
     firsts = df.groupby(["defense", "attack"], sort=False).agg(
-        {"protected": "first", "perceptual_metric": "first"}).reset_index()
+        {"protected": "first", "perceptual_metric": "first", "note": "first"}).reset_index()
     grouped = grouped.merge(firsts, on=["defense", "attack"], how="left")
     first_acc = primary_acc_column(acc_cols)
     parts = []
@@ -169,9 +255,10 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
         sub["Score_pp"] = sub["defense"].map(pp)
         sub["Score"] = [score(p, c) for p, c in zip(sub["Score_pp"], sub["Score_cls"])]
         parts.append(sub)
-    out = pd.concat(parts)
+    out = with_privacy_budget(pd.concat(parts), df, "defense")
     cols = (["defense", "attack", "Score", "Score_pp", "Score_cls"] + num_cols
-            + [f"{c}_std" for c in num_cols] + ["perceptual_metric", "n_seeds"])
+            + [f"{c}_std" for c in num_cols] + ci_columns(num_cols)
+            + ["perceptual_metric"] + replicate_columns(out) + budget_columns(out) + ["note"])
     return out[cols].rename(columns={"defense": "Method", "attack": "Attack"}).reset_index(drop=True)
 
 
@@ -209,6 +296,9 @@ def table1(records: list[dict[str, Any]]) -> pd.DataFrame:
     for domain in ("RGB", "FD"):
         for stat, suffix in (("acc", ""), ("acc_std", "_std"), ("n_seeds", "_n_seeds")):
             out[f"{domain}{suffix}"] = wide[(stat, domain)] if (stat, domain) in wide else math.nan
+        for end in ("low", "high"):
+            stat = f"acc_ci_{end}"
+            out[f"{domain}_ci_{end}"] = wide[(stat, domain)] if (stat, domain) in wide else math.nan
     for domain in ("RGB", "FD"):  # a missing side has no seeds, not NaN seeds
         out[f"{domain}_n_seeds"] = out[f"{domain}_n_seeds"].fillna(0).astype(int)
     return out.reset_index()
@@ -280,7 +370,7 @@ def table3(records: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     ks = sorted((c for c in df.columns if c.startswith("k=")), key=lambda c: int(c[2:]))
     out = mean_std(df, ["Method"], ks)
-    return out[["Method"] + ks + [f"{k}_std" for k in ks] + ["n_seeds"]]
+    return out[["Method"] + ks + [f"{k}_std" for k in ks] + ci_columns(ks) + replicate_columns(out)]
 
 
 # -- [A] tables -----------------------------------------------------------------------------------
@@ -312,11 +402,12 @@ def advface_table1(records: list[dict[str, Any]]) -> pd.DataFrame:
     agg = mean_std(df, ["defense", "attack", "dataset"], recon)
     out = None
     for dataset, sub in agg.groupby("dataset", sort=False):
-        cols = recon + [f"{c}_std" for c in recon] + ["n_seeds"]
+        cols = recon + [f"{c}_std" for c in recon] + ci_columns(recon) + replicate_columns(sub)
         sub = sub.set_index(["defense", "attack"])[cols]
         sub.columns = [f"{dataset}_{c}" for c in cols]
         out = sub if out is None else out.join(sub, how="outer")
-    return out.reset_index().rename(columns={"defense": "Method", "attack": "Attack"})
+    out = with_privacy_budget(out.reset_index(), df, "defense")
+    return out.rename(columns={"defense": "Method", "attack": "Attack"})
 
 
 def advface_table2(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -329,8 +420,9 @@ def advface_table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     cols = [c for c in acc_columns(df) if df[c].notna().any()]
     if not cols:
         return pd.DataFrame()
-    out = mean_std(df, ["defense"], cols)
-    return out[["defense"] + cols + [f"{c}_std" for c in cols] + ["n_seeds"]].rename(
+    out = with_privacy_budget(mean_std(df, ["defense"], cols), df, "defense")
+    return out[["defense"] + cols + [f"{c}_std" for c in cols] + ci_columns(cols)
+               + replicate_columns(out) + budget_columns(out)].rename(
         columns={"defense": "Method"})
 
 
@@ -339,28 +431,67 @@ def table4(records: list[dict[str, Any]]) -> pd.DataFrame:
     ``defense_options.shadow``) × the attacker's decoder (columns)."""
     rows = [{"defense": r["defense"], "shadow": str(r["defense_options"]["shadow"]),
              "attack": r["attack"], "seed": r.get("seed"),
-             "SSIM": _num((r.get("privacy") or {}).get("SSIM"))}
+             "SSIM": _num((r.get("privacy") or {}).get("SSIM")),
+             f"{ITEMS}SSIM": (r.get("per_target") or {}).get("SSIM")}
             for r in records
             if base_name(r["defense"]) == "advface" and "shadow" in (r.get("defense_options") or {})
             and r.get("status", "ok") == "ok"]
     if not rows:
         return pd.DataFrame()
     agg = mean_std(pd.DataFrame(rows), ["shadow", "defense", "attack"], ["SSIM"])
-    wide = agg.set_index(["shadow", "defense", "attack"])[["SSIM", "SSIM_std"]].unstack("attack")
+    stats = ["SSIM", "SSIM_std", "SSIM_ci_low", "SSIM_ci_high"]
+    wide = agg.set_index(["shadow", "defense", "attack"])[stats].unstack("attack")
     attacks = list(dict.fromkeys(agg["attack"]))
     out = pd.DataFrame(index=wide.index)
-    for a in attacks:
-        out[a] = wide[("SSIM", a)]
-    for a in attacks:
-        out[f"{a}_std"] = wide[("SSIM_std", a)]
+    for stat, suffix in zip(stats, ("", "_std", "_ci_low", "_ci_high")):
+        for a in attacks:
+            out[f"{a}{suffix}"] = wide[(stat, a)]
     out["n_seeds"] = agg.groupby(["shadow", "defense"], sort=False)["n_seeds"].max()
     return out.sort_index().reset_index()
+
+
+#: Table 5 columns → the attacks that fill them, first present wins (issue 11, part 5)
+TABLE5_COLUMNS = {
+    "decoder": ("resrec", "urec", "transrec"),
+    "CGAN": ("cgan",),
+    "Carlini learned": ("carlini",),
+    "Carlini oracle (upper bound)": ("carlini.oracle",),
+    "white-box": ("ppfr_whitebox", "ppfr_whitebox.simulated"),
+}
+
+
+def table5(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Table 5: per defense, SSIM and SRRA of each kind of attack — black-box decoder, CGAN,
+    Carlini decoupling with learned and with oracle assignment (an upper bound), the white-box
+    attack. A cell where the attack does not apply reads ``n/a``; one not run stays empty. Written
+    only when the run has a decoupling or white-box attack."""
+    attacks = {r["attack"] for r in records}
+    if not attacks & {"carlini", "carlini.oracle", "ppfr_whitebox", "ppfr_whitebox.simulated"}:
+        return pd.DataFrame()
+    df = cells_frame(records)
+    rows = []
+    for defense, sub in df.groupby("defense", sort=True):
+        row: dict[str, Any] = {"Method": defense}
+        for col, names in TABLE5_COLUMNS.items():
+            hit = next((a for a in names if a in set(sub["attack"])), None)
+            for metric in ("SSIM", "SRRA"):
+                if hit is None:
+                    row[f"{col} {metric}"] = math.nan
+                    continue
+                cells = sub[sub["attack"] == hit]
+                ok = cells[cells["status"].fillna("ok") == "ok"]
+                row[f"{col} {metric}"] = "n/a" if ok.empty else float(ok[metric].mean())
+            if hit is not None and len(names) > 1:
+                row[f"{col} attack"] = hit
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 #: file stem → builder; build_report writes each non-empty one as ``<stem>.csv``.
 TABLES: dict[str, Callable[[list[dict[str, Any]]], pd.DataFrame]] = {
     "table2": table2, "table1": table1, "table3": table3,
     "advface_table1": advface_table1, "advface_table2": advface_table2, "table4": table4,
+    "table5": table5,
 }
 
 TABLE_TITLES = {
@@ -370,6 +501,7 @@ TABLE_TITLES = {
     "advface_table1": "[A] Table 1 — reconstruction of feature-domain defenses",
     "advface_table2": "[A] Table 2 — accuracy (%) of feature-domain defenses",
     "table4": "[A] Table 4 — SSIM, AdvFace shadow decoder × attacker decoder",
+    "table5": "Table 5 — SSIM / SRRA per kind of attacker (decoder, CGAN, Carlini learned / oracle, white-box)",
 }
 
 
@@ -418,7 +550,8 @@ def build_report(run_dir: Path, figures: bool = True, html: bool = True) -> dict
 
 def format_table(df: pd.DataFrame) -> str:
     """A compact console rendering of a table (means only; the CSV has the spreads)."""
-    drop = [c for c in df.columns if c in ("perceptual_metric", "n_seeds") or c.endswith("_std")]
+    drop = [c for c in df.columns if c in ("perceptual_metric", "n_seeds", "n_folds")
+            or is_stat_column(c)]
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.3f}".format):
         return df.drop(columns=drop).to_string(index=False)

@@ -18,9 +18,20 @@
 halves are tiny, so more epochs than one pass), ``shadow_width``, the decoder layers
 (§7.2), ``pgd_bound``, ``finetune_epochs``/``finetune_lr`` of the offline mode (constant lr, F1's
 SGD recipe otherwise), and the shadow reads the *raw* features (no standardisation) so ε is in
-feature units. The server perturbs each distinct uploaded feature once and stores it
+feature units. The server perturbs each distinct uploaded face once and stores it
 (``store_features``): a face that comes again (verification sets repeat faces) gets its stored
 adversarial feature, and the attacker steals exactly what is stored.
+
+Fixed batch composition: ``S`` runs on the statistics of the PGD batch, so a face's adversarial
+feature depends on which faces share its batch. The stored features are therefore computed once,
+in :meth:`AdvFace.fit`, for every face the deployment serves (the verification faces and their
+mirror images, the test faces, and the attacker's public faces under
+``attacker_data='protected'``), in batches of ``pgd_batch_size`` [ASSUMP] composed by a permutation
+drawn from ``ctx.generator("advface", "pgd-batches")`` over the faces sorted by content digest: a
+fixed function of the seed and the data, never of which stage (verification, leak) asked first
+or of any other stage's randomness. A face outside that set is perturbed with the other unknown
+faces of its call (sorted by digest), not stored, and counted in ``record["unstored_faces"]``.
+With ``store_features=False`` every call's distinct faces form its own PGD batch.
 
 Note: with ``pgd_bound='per_step'`` each step is ``clamp(α·sign(g), −ε, ε)``, so ε ≥ α gives
 the same features as ε = α. The ε-sweep variants therefore tie α to ε ([ASSUMP]: the only reading
@@ -128,10 +139,12 @@ class AdvFaceOptions(FeatureOptions):
     shadow_lr: float = 1e-4  # [A §5.1.2]
     finetune_epochs: int = 10  # offline mode [ASSUMP]
     finetune_lr: float = 0.01  # offline mode [ASSUMP]
-    # [ASSUMP] the server stores one adversarial feature per distinct uploaded feature:
-    # test_encode returns the stored one when the same face comes again (verification sets
-    # repeat faces; the leak steals what is stored). Costs memory at paper scale; off = recompute.
+    # [ASSUMP] the server stores one adversarial feature per distinct uploaded face, computed in
+    # fit() for every face the deployment serves (fixed batch composition, module docstring):
+    # test_encode returns the stored one (verification sets repeat faces; the leak steals what
+    # is stored). Costs memory at paper scale; off = each call's faces form their PGD batch.
     store_features: bool = True
+    pgd_batch_size: int = 256  # [ASSUMP] faces per PGD batch (S's batch statistics) when storing
 
     def validate(self) -> None:
         super().validate()
@@ -143,7 +156,8 @@ class AdvFaceOptions(FeatureOptions):
             raise ConfigError(f"advface pgd_bound must be one of {BOUNDS}, got {self.pgd_bound!r}")
         if self.eps < 0 or self.alpha < 0 or self.iterations < 0:
             raise ConfigError("advface eps, alpha and iterations must be >= 0")
-        for name in ("shadow_width", "shadow_epochs", "shadow_batch_size", "finetune_epochs"):
+        for name in ("shadow_width", "shadow_epochs", "shadow_batch_size", "finetune_epochs",
+                     "pgd_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"advface {name} must be >= 1, got {getattr(self, name)}")
         if self.shadow_lr <= 0 or self.finetune_lr <= 0:
@@ -179,7 +193,7 @@ class AdvFace(FeatureDefense):
         super().__init__(**options)
         self.shadow_model: nn.Module | None = None
         self.record: dict[str, Any] = {}
-        self.stored: dict[str, Tensor] = {}  # digest of an uploaded feature → its stored feature
+        self.stored: dict[str, Tensor] = {}  # digest of an uploaded face → its stored feature
 
     # -- learned parts ----------------------------------------------------------------------
     def fit(self, data: FaceData, ctx: Context) -> None:
@@ -214,6 +228,53 @@ class AdvFace(FeatureDefense):
             "mean_abs_perturbation": float((zt - z).abs().mean()),
             "mean_abs_feature": float(z.abs().mean()),
         }
+        self.stored = {}
+        if o.store_features:
+            self._store_served_faces(data, ctx)
+        self.record.update({"stored_faces": len(self.stored), "unstored_faces": 0})
+
+    @staticmethod
+    def _digest(x: Tensor) -> list[str]:
+        """Content digest of each face (the key of the store)."""
+        return [hashlib.sha1(row.numpy().tobytes()).hexdigest() for row in x.detach().cpu().contiguous()]
+
+    def served_faces(self, data: FaceData, ctx: Context) -> list[tuple[Tensor, bool]]:
+        """Every face the deployment uploads, as ``(images, mirrored)`` sources: the verification
+        faces and their mirror images (:func:`bench.recognition.embed` flips), the test faces the
+        attacker steals, and, under ``attacker_data='protected'``, the attacker's public faces
+        (its black-box queries)."""
+        sources = [(v.images, flip) for v in data.verification for flip in (False, True)]
+        sources.append((data.test.images, False))
+        if self.options.attacker_data == "protected":
+            _, public = split_aux(data.aux, ctx.seed)
+            sources.append((public.images, False))
+        return sources
+
+    def _store_served_faces(self, data: FaceData, ctx: Context) -> None:
+        """The stored adversarial features of :meth:`served_faces`, in PGD batches that are a fixed
+        function of the seed and the data: distinct faces sorted by digest, permuted by a generator
+        used for nothing else, cut into ``pgd_batch_size`` chunks. Faces are read per chunk (no
+        copy of the whole served set)."""
+        sources = self.served_faces(data, ctx)
+
+        def face(src: int, i: int) -> Tensor:
+            images, flip = sources[src]
+            return images[i].flip(-1) if flip else images[i]
+
+        first: dict[str, tuple[int, int]] = {}
+        for src, (images, flip) in enumerate(sources):
+            for start in range(0, len(images), ENCODE_BATCH):
+                chunk = images[start:start + ENCODE_BATCH]
+                for j, k in enumerate(self._digest(chunk.flip(-1) if flip else chunk)):
+                    first.setdefault(k, (src, start + j))
+        keys = sorted(first)
+        order = torch.randperm(len(keys), generator=ctx.generator("advface", "pgd-batches")).tolist()
+        keys = [keys[i] for i in order]
+        for start in range(0, len(keys), self.options.pgd_batch_size):
+            chunk = keys[start:start + self.options.pgd_batch_size]
+            faces = torch.stack([face(*first[k]) for k in chunk]).to(ctx.device)
+            adv = self._pgd(self.features(faces)).cpu()
+            self.stored.update(zip(chunk, adv))
 
     # -- the representation -------------------------------------------------------------------
     def _pgd(self, z: Tensor) -> Tensor:
@@ -232,20 +293,25 @@ class AdvFace(FeatureDefense):
         return self._pgd(uniq.view(-1, *z.shape[1:]))[inverse]
 
     def test_encode(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """The stored adversarial features: computed once per distinct uploaded feature (the
-        not-yet-stored ones of this batch form the PGD batch), then served from the store."""
+        """The stored adversarial features (computed in :meth:`fit`, fixed batches). Faces the
+        store lacks are perturbed together (distinct, sorted by digest), not stored — so what
+        any face gets never depends on what was asked before — and counted."""
         if not self.options.store_features:
             return self.encode(x, gen)
-        z = self.features(x)
-        keys = [hashlib.sha1(row.numpy().tobytes()).hexdigest() for row in z.detach().cpu()]
-        new: dict[str, int] = {}
+        if self.shadow_model is None:
+            raise ConfigError(f"defense {self.name} is used before fit()")
+        keys = self._digest(x)
+        unknown: dict[str, int] = {}
         for i, k in enumerate(keys):
-            if k not in self.stored and k not in new:
-                new[k] = i
-        if new:
-            adv = self._pgd(z[list(new.values())]).cpu()
-            self.stored.update(zip(new, adv))
-        return torch.stack([self.stored[k] for k in keys]).to(z.device)
+            if k not in self.stored:
+                unknown.setdefault(k, i)
+        fresh: dict[str, Tensor] = {}
+        if unknown:
+            order = sorted(unknown)
+            adv = self._pgd(self.features(x[[unknown[k] for k in order]])).cpu()
+            fresh = dict(zip(order, adv))
+            self.record["unstored_faces"] = self.record.get("unstored_faces", 0) + len(order)
+        return torch.stack([self.stored[k] if k in self.stored else fresh[k] for k in keys]).to(x.device)
 
     # -- the recognizer -------------------------------------------------------------------------
     def train_recognizer(self, data: FaceData, ctx: Context) -> Any:

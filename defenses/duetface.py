@@ -13,8 +13,14 @@
    learnable scalar ``w`` initialised to 0.
    **Difference from the public code**: TFace re-creates the 1×1 conv inside ``forward`` (random,
    never trained); here it is a trained module.
-4. Threat model: the server (attacker) sees the 162 server channels; decoders are trained on
-   (server channels, image) pairs of the auxiliary faces.
+4. Threat model: the server (attacker) sees the 162 server channels *and* the client
+   activations ``A_1..A_4`` the client sends for the feature masking (ALGORITHMS §5; in TFace the
+   client's intermediate feature maps are passed to the server backbone). The leak carries both:
+   ``inputs`` / ``train_inputs`` are the server channels (what the decoders and the CGAN are
+   trained on, (server channels, image) pairs of the auxiliary faces), and
+   ``extra["client_activations"]`` / ``extra["train_client_activations"]`` the four stage
+   activations of the frozen client for the same test / auxiliary faces (the server computes
+   the auxiliary ones by running the deployed client on its public faces, as any user would).
 
 [ASSUMP] choices, each an option: gray images (``data.channels=1``) are replicated to three
 colours (``gray_mode='replicate'``, keeping the 30/162 split; chroma is then constant) or
@@ -31,6 +37,7 @@ can run both halves; what the attacker gets is only the server part (:meth:`Duet
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +207,7 @@ class DuetFace(Defense):
         self.server_idx: list[int] = []
         self.client_idx: list[int] = []
         self.record: dict[str, Any] = {}
+        self.client: ClientRecognizer | None = None  # the frozen client, once trained
 
     # -- learned parts: channel statistics --------------------------------------------------
     def fit(self, data: FaceData, ctx: Context) -> None:
@@ -280,18 +288,48 @@ class DuetFace(Defense):
             server = DuetFaceServer(server_cfg, (n_server, *shape[1:]), client.net.stage_channels,
                                     faces.num_identities).to(ctx.device)
         model = DuetFaceRecognizer(client, server, n_server)
+        self.client = model.client  # frozen: the activations the server receives (leak)
         fit_arcface(model, batch, faces.labels, ctx, cfg, desc=f"recognizer[{self.name}]",
                     params=list(server.parameters()), bn_scope=server, faces=faces)
         return model.eval()
 
     # -- the threat model -------------------------------------------------------------------------
+    @torch.no_grad()
+    def client_activations(self, x: Tensor, gen: torch.Generator) -> list[Tensor]:
+        """What the client sends the server for images ``x``: the frozen client's four stage
+        activations ``A_s`` on the client channels (as :class:`DuetFaceRecognizer` feeds them to
+        the feature masking), on the CPU."""
+        if getattr(self, "client", None) is None:
+            raise TrainingError("duetface: the client is trained in train_recognizer(), which "
+                                "must run before the client activations exist")
+        client = self.client.eval()
+        device = next(client.parameters()).device
+        chunks = [client.net.stages(self.encode(c.to(device), gen)[:, self.n_server:])
+                  for c in x.split(ENCODE_BATCH)]
+        return [torch.cat([ch[s] for ch in chunks]).cpu() for s in range(len(chunks[0]))] \
+            if chunks else []
+
     def leak(self, data: FaceData, ctx: Context) -> Leak:
-        """The server's channels of the test faces; attacker pairs from the auxiliary faces."""
+        """What the server holds: the server channels of the test faces and the client
+        activations it received for them (``extra["client_activations"]``, a list of the four
+        stage tensors); attacker pairs from the auxiliary faces, with their client activations
+        (``extra["train_client_activations"]``). Before :meth:`train_recognizer` there is no
+        client: both are None, ``extra["client_activations_missing"]`` says why, and it warns."""
         gen = ctx.generator("leak", self.name)
         enc = lambda x: torch.cat([self.server_channels(c, gen) for c in x.split(ENCODE_BATCH)])  # noqa: E731
         inputs = enc(data.test.images)
+        if getattr(self, "client", None) is not None:
+            extra: dict[str, Any] = {
+                "client_activations": self.client_activations(data.test.images, gen),
+                "train_client_activations": self.client_activations(data.aux.images, gen)}
+        else:  # only fit() ran (shape planning): said in the leak and in a warning, never silent
+            reason = ("duetface leak() before train_recognizer(): the client that produces the "
+                      "activations the server receives is not trained yet")
+            warnings.warn(reason)
+            extra = {"client_activations": None, "train_client_activations": None,
+                     "client_activations_missing": reason}
         return Leak(enc(data.aux.images), data.aux.images, inputs, data.test.images,
-                    data.test.labels, views=self.view(inputs))
+                    data.test.labels, views=self.view(inputs), extra=extra)
 
     # -- shapes without fitting (``bench.plan``) ------------------------------------------------
     def representation_shape(self, image_shape: tuple[int, int, int],

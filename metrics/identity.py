@@ -83,7 +83,7 @@ def verification_accuracy(
     issame: Any,
     n_folds: int = 10,
     far_target: float = 1e-3,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Pair-verification accuracy, insightface protocol (ALGORITHMS §8).
 
     Embeddings are L2-normalised; ``dist = ||e1 − e2||²``; pairs predicted "same" when
@@ -95,6 +95,8 @@ def verification_accuracy(
     fold.
 
     Returns ``accuracy_mean``, ``accuracy_std`` (population std over folds, as insightface),
+    ``correct`` (per pair, 1 when its held-out prediction was right: bootstrap intervals and paired
+    tests resample these, ALGORITHMS §12),
     ``threshold_mean`` (mean of the fold thresholds, squared-L2 distance; see
     :func:`cosine_threshold_from_distance`), ``val_at_far``, ``val_std`` and ``far`` (mean FAR
     actually reached on the held-out folds).
@@ -111,6 +113,7 @@ def verification_accuracy(
     dist = np.sum(np.square(e1 - e2), axis=1)
 
     acc = np.zeros(n_folds)
+    correct = np.zeros(n, dtype=bool)  # each pair judged by the threshold of the other folds
     best_thr = np.zeros(n_folds)
     val = np.zeros(n_folds)
     far = np.zeros(n_folds)
@@ -118,7 +121,8 @@ def verification_accuracy(
         acc_train = _accuracy_per_threshold(ROC_THRESHOLDS, dist[train], same[train])
         t = ROC_THRESHOLDS[int(np.argmax(acc_train))]  # first maximum, as np.argmax in insightface
         best_thr[k] = t
-        acc[k] = float(np.mean((dist[test] < t) == same[test]))
+        correct[test] = (dist[test] < t) == same[test]
+        acc[k] = float(np.mean(correct[test]))
 
         # VAL@FAR (insightface calculate_val)
         far_train = _far_per_threshold(VAL_THRESHOLDS, dist[train], same[train])
@@ -145,6 +149,8 @@ def verification_accuracy(
         "val_at_far": _nanstat(np.nanmean, val),
         "val_std": _nanstat(np.nanstd, val),
         "far": _nanstat(np.nanmean, far),
+        # per pair, for intervals and paired tests over pairs (ALGORITHMS §12)
+        "correct": correct.astype(int).tolist(),
     }
 
 

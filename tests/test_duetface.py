@@ -8,7 +8,7 @@ from bench.config import DataConfig, RecognizerConfig
 from bench.context import Context
 from bench.data.facedata import FaceData, FaceSet
 from bench.data.orl import load_orl
-from bench.errors import ConfigError
+from bench.errors import ConfigError, TrainingError
 from bench.recognition import embed
 from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.bdct import bdct, to_ycbcr
@@ -107,6 +107,55 @@ def test_leak_gives_the_server_channels_only(trained):
     torch.testing.assert_close(leak.inputs, full[:, :162])
     assert leak.views is not None and leak.views.shape == data.test.images.shape
     assert 0 <= leak.views.min() and leak.views.max() <= 1
+
+
+def _server_receives(model, r):
+    """The client activations each FeatureMasking block of the server is handed for input ``r``
+    (recorded by forward hooks while the deployed recognizer runs)."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, args[1].clone()))
+             for i, m in enumerate(model.server.masks)]
+    try:
+        with torch.no_grad():
+            model.eval()(r)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[i] for i in range(len(seen))]
+
+
+def test_leak_carries_the_client_activations_the_server_receives(trained):
+    """ALGORITHMS §5 threat model: the server sees the server channels *and* the client
+    activations; the leak must hold exactly what the server's masking blocks are handed."""
+    data, ctx, d, model = trained
+    leak = d.leak(data, ctx)
+    acts = leak.extra["client_activations"]
+    received = _server_receives(model, d.test_encode(data.test.images, torch.Generator()))
+    assert len(acts) == len(received) == 4
+    for a, r in zip(acts, received):
+        assert a.shape[0] == len(data.test) and a.shape == r.shape
+        torch.testing.assert_close(a, r)
+    train_acts = leak.extra["train_client_activations"]
+    received = _server_receives(model, d.test_encode(data.aux.images, torch.Generator()))
+    for a, r in zip(train_acts, received):
+        torch.testing.assert_close(a, r)
+    # the activations depend on the face (not a constant): they carry identity information
+    assert all(a.flatten(1).std(0).mean() > 0 for a in acts)
+    # the attacker's copy keeps them (what the server holds is stolen in either knowledge setting)
+    for knowledge in ("white_box", "black_box"):
+        kept = leak.for_attacker(knowledge).extra["client_activations"]
+        assert all(torch.equal(a, b) for a, b in zip(kept, acts))
+
+
+def test_leak_before_the_client_is_trained_says_the_activations_are_missing():
+    _, data = _sinusoids()
+    d = DEFENSES.create("duetface")
+    d.fit(data, Context(seed=0, progress=False, recognizer=TINY))
+    with pytest.warns(UserWarning, match="client"):
+        leak = d.leak(data, Context(seed=0, progress=False, recognizer=TINY))
+    assert leak.extra["client_activations"] is None and "train_recognizer" in leak.extra["client_activations_missing"]
+    with pytest.raises(TrainingError, match="client"):
+        d.client_activations(data.test.images, torch.Generator())
 
 
 def _sinusoids(side=16, n=6):

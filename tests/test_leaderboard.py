@@ -1,5 +1,11 @@
-"""results/leaderboard.csv: one row per comparable (dataset, defense, attack), mean ± std."""
-from pathlib import Path
+"""results/leaderboard.csv: one row per comparable (dataset, defense, attack), mean ± std.
+
+Every test builds its leaderboard from synthetic run folders in a temporary directory
+(:mod:`synthetic_run`); none reads the committed results/."""
+import json
+import math
+import os
+import statistics
 
 import pandas as pd
 import pytest
@@ -9,7 +15,6 @@ from bench.report import load_cells
 from synthetic_run import make_run
 from test_compare import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(board: pd.DataFrame, **key) -> pd.DataFrame:
@@ -62,14 +67,60 @@ def test_leaderboard_cli(tmp_path, capsys):
     assert rc == 2 and err.startswith("error: ") and "runs" in err and err.count("\n") == 1
 
 
-def test_committed_leaderboard_has_the_schema():
-    path = ROOT / "results" / "leaderboard.csv"
-    if not path.exists():
-        pytest.skip("results/leaderboard.csv not generated yet (python -m bench leaderboard)")
-    board = pd.read_csv(path)
-    for col in KEY + ["n_seeds", "seeds", "runs", "harness_version", "SSIM", "SSIM_std"]:
-        assert col in board.columns
-    assert not board.duplicated(subset=KEY).any()
+def _cell(results, run, defense, seed):
+    path = results / "runs" / run / "cells" / f"{defense}__cgan__s{seed}.json"
+    return path, json.loads(path.read_text())
+
+
+def _touch(results, run, ns):
+    for path in (results / "runs" / run / "cells").glob("*.json"):
+        os.utime(path, ns=(ns, ns))
+
+
+@pytest.mark.parametrize("newest", ["rerun", "first"])
+def test_a_re_measured_seed_counts_once_with_its_most_recent_numbers(tmp_path, newest):
+    """The same (row key, seed) in two runs: the most recently written cell wins (not the first
+    run, not the mean of both), and the mean/std are over the remaining distinct seeds only."""
+    make_run(tmp_path, "first", seeds=(0, 1, 2))
+    make_run(tmp_path, "rerun", seeds=(0,), shift={"ppfr_fd": 0.05})  # other numbers, same settings
+    _touch(tmp_path, "first", 1_000_000_000_000_000_000 if newest == "first" else 10**18 - 10**12)
+    _touch(tmp_path, "rerun", 1_000_000_000_000_000_000 if newest == "rerun" else 10**18 - 10**12)
+    board = build_leaderboard(tmp_path)
+    row = _row(board, defense="ppfr_fd")
+    assert len(row) == 1  # the shift changes numbers, not settings: one row
+    row = row.iloc[0]
+    cells = [_cell(tmp_path, newest, "ppfr_fd", 0)[1]] + [_cell(tmp_path, "first", "ppfr_fd", s)[1]
+                                                           for s in (1, 2)]
+    ssim = [c["privacy"]["SSIM"] for c in cells]
+    acc = [100 * c["accuracy"]["orl"]["accuracy_mean"] for c in cells]  # tables print percent
+    assert row["n_seeds"] == 3 and row["seeds"] == "0;1;2"
+    assert row["SSIM"] == pytest.approx(sum(ssim) / 3, abs=1e-12)
+    assert row["SSIM_std"] == pytest.approx(statistics.stdev(ssim), abs=1e-12)
+    assert row["acc_orl"] == pytest.approx(sum(acc) / 3, abs=1e-9)
+    assert row["acc_orl_std"] == pytest.approx(statistics.stdev(acc), abs=1e-9)
+    # the two candidate numbers for seed 0 really differ: picking the other would be caught
+    assert _cell(tmp_path, "first", "ppfr_fd", 0)[1]["privacy"]["SSIM"] != \
+        _cell(tmp_path, "rerun", "ppfr_fd", 0)[1]["privacy"]["SSIM"]
+
+
+def test_folds_of_one_seed_are_replicates_not_duplicates(tmp_path):
+    """Identity folds (ALGORITHMS §12) of the same seed are distinct replicates: both count."""
+    run = make_run(tmp_path, "folds", seeds=(0,), defenses=["ppfr_fd"])
+    path, rec = _cell(tmp_path, "folds", "ppfr_fd", 0)
+    rec["fold"], rec["folds"] = 0, 2
+    path.write_text(json.dumps(rec))
+    other = dict(rec, fold=1, privacy={**rec["privacy"], "SSIM": rec["privacy"]["SSIM"] + 0.1})
+    (run / "cells" / "ppfr_fd__cgan__s0__f1.json").write_text(json.dumps(other))
+    row = build_leaderboard(tmp_path).iloc[0]
+    assert row["n_seeds"] == 1 and row["n_folds"] == 2
+    assert row["SSIM"] == pytest.approx(rec["privacy"]["SSIM"] + 0.05, abs=1e-12)
+    assert row["SSIM_std"] == pytest.approx(0.1 / math.sqrt(2), abs=1e-12)
+
+
+def test_a_single_replicate_has_no_spread(tmp_path):
+    make_run(tmp_path, "one", seeds=(3,))
+    row = _row(build_leaderboard(tmp_path), defense="ppfr_fd").iloc[0]
+    assert row["n_seeds"] == 1 and math.isnan(row["SSIM_std"])  # never a made-up 0
 
 
 def test_rows_are_ordered_by_defense_then_attack(tmp_path):

@@ -213,7 +213,9 @@ def test_verification_random():
     e1, e2, same = _pairs(6000, seed=2, separable=False)
     r = identity.verification_accuracy(e1, e2, same)
     assert abs(r["accuracy_mean"] - 0.5) < 0.1
-    assert set(r) == {"accuracy_mean", "accuracy_std", "threshold_mean", "val_at_far", "val_std", "far"}
+    assert set(r) == {"accuracy_mean", "accuracy_std", "threshold_mean", "val_at_far", "val_std", "far",
+                      "correct"}
+    assert len(r["correct"]) == 6000 and np.mean(r["correct"]) == pytest.approx(r["accuracy_mean"])
     # at FAR 1e-3 random embeddings accept about as many genuines as impostors
     assert 0 <= r["val_at_far"] < 0.02 and 0 <= r["far"] < 0.01
 
@@ -229,6 +231,29 @@ def test_verification_noisy_val_monotone_in_far():
     assert 0.5 < lo["accuracy_mean"] < 1.0
     assert lo["val_at_far"] <= hi["val_at_far"]
     assert lo["far"] < 0.01 and abs(hi["far"] - 0.1) < 0.05
+
+
+def _pair_at(d):
+    """Two unit vectors in the plane at squared-L2 distance ``d``."""
+    theta = math.acos(1 - d / 2)
+    return [1.0, 0.0], [math.cos(theta), math.sin(theta)]
+
+
+def test_the_threshold_is_never_chosen_on_the_held_out_fold():
+    """20 pairs, 10 contiguous folds of (genuine, impostor). Folds 1–9: genuine at distance
+    .455, impostors at 1.555. Fold 0: a genuine at 1.005 and an impostor at 1.605. Trained on
+    folds 1–9 the first best threshold is .46, which rejects fold 0's genuine: fold 0 scores 1/2.
+    Every other fold is trained with fold 0 inside, picks 1.01 and is right on both pairs. So the
+    cross-validated accuracy is (0.5 + 9)/10 = .95; a threshold chosen on the held-out fold (or
+    on all pairs) would put fold 0 at 1/1 and the mean at 1.0."""
+    dists = [1.005, 1.605] + [0.455, 1.555] * 9
+    e1, e2 = map(torch.tensor, zip(*[_pair_at(d) for d in dists]))
+    same = np.array([True, False] * 10)
+    r = identity.verification_accuracy(e1.double(), e2.double(), same)
+    assert r["accuracy_mean"] == pytest.approx(0.95, abs=1e-12)
+    assert r["accuracy_std"] == pytest.approx(np.std([0.5] + [1.0] * 9), abs=1e-12)
+    assert r["threshold_mean"] == pytest.approx((0.46 + 9 * 1.01) / 10, abs=1e-9)
+    assert r["correct"] == [0] + [1] * 19
 
 
 def test_folds_match_sklearn_kfold():
@@ -303,14 +328,29 @@ def test_score_is_mean_of_printed_columns():
         assert abs(scores.score(pp, cls) - s) <= 0.0005 + 1e-12, m
 
 
-def test_score_table_with_printed_pp_as_raw():
-    # Score_pp is already min-max normalised, so feeding it back as raw_pp is a fixed point.
-    raw = {m: row[1] for m, row in TABLE2.items()}
-    acc = {m: row[3] for m, row in TABLE2.items()}
+def test_score_table_against_hand_computed_values():
+    """Independent inputs, every number worked out by hand (ALGORITHMS §8): each mapping is
+    min-max normalised to [0.5, 1] over its own methods; Score is the mean; a method missing
+    from one mapping gets NaN there (and in Score)."""
+    raw = {"a": 0.2, "b": 0.6, "c": 0.5}
+    acc = {"a": 0.9, "b": 0.7, "c": 0.8, "d": 0.6}
     t = scores.score_table(raw, acc)
-    for m, row in TABLE2.items():
-        assert t[m]["score_pp"] == pytest.approx(row[1], abs=1e-9)
-        assert t[m]["score"] == pytest.approx((t[m]["score_pp"] + t[m]["score_cls"]) / 2)
+    want = {  # score_pp: 0.5 + 0.5·(raw − 0.2)/0.4; score_cls: 0.5 + 0.5·(acc − 0.6)/0.3
+        "a": (0.5, 1.0, 0.75),
+        "b": (1.0, 0.5 + 0.5 / 3, (1.0 + 0.5 + 0.5 / 3) / 2),
+        "c": (0.875, 0.5 + 1 / 3, (0.875 + 0.5 + 1 / 3) / 2),
+    }
+    assert list(t) == ["a", "b", "c", "d"]
+    for m, (pp, cls, sc) in want.items():
+        assert t[m]["raw_pp"] == raw[m] and t[m]["acc"] == acc[m]
+        assert t[m]["score_pp"] == pytest.approx(pp, abs=1e-12), m
+        assert t[m]["score_cls"] == pytest.approx(cls, abs=1e-12), m
+        assert t[m]["score"] == pytest.approx(sc, abs=1e-12), m
+    assert t["d"]["score_cls"] == 0.5 and math.isnan(t["d"]["score_pp"])
+    assert math.isnan(t["d"]["raw_pp"]) and math.isnan(t["d"]["score"])
+    # the normalisation is relative to the methods passed: one more method moves the others
+    with_base = scores.score_cls({**acc, "none": 1.0})
+    assert with_base["a"] == pytest.approx(0.5 + 0.5 * 0.3 / 0.4) and with_base["none"] == 1.0
 
 
 def test_minmax_edge_cases():

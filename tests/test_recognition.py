@@ -39,10 +39,50 @@ def test_stem_adapts_to_any_representation(shape):
     assert model(torch.rand(2, *shape)).shape == (2, 16)
 
 
-def test_frequency_maps_get_a_stride_one_stem():
-    net = build_backbone(TINY, 63, 8)
-    assert net.conv1.stride == (1, 1) and net.conv1.kernel_size == (3, 3)
-    assert isinstance(net.maxpool, torch.nn.Identity)
+def _stem(net, x):
+    return net.maxpool(net.act1(net.bn1(net.conv1(x))))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("backbone", ["resnet18", "ir_18"])
+def test_frequency_map_stem_keeps_the_spatial_size_of_an_upsampled_map(backbone):
+    """§0.1/§0.2: a 63-channel ×8-upsampled BDCT map of a 32 px face is 63×32×32; its stem is a
+    3×3 stride-1 conv without max-pool, so the stem's output keeps 32×32 (a 7×7 stride-2 stem
+    with max-pool would give 8×8). An image input keeps timm's downsampling stem."""
+    cfg = RecognizerConfig(backbone=backbone, widths=(8, 8, 16, 16), embedding_dim=16)
+    net = build_backbone(cfg, 63, 32).eval()
+    x = torch.rand(2, 63, 32, 32)
+    with torch.no_grad():
+        assert _stem(net, x).shape[-2:] == (32, 32)
+    conv = net.conv1 if isinstance(net.conv1, torch.nn.Conv2d) else net.conv1[0]
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.in_channels == 63
+    if backbone == "resnet18":  # images keep timm's 7×7 stride-2 stem and its max-pool
+        image_net = build_backbone(cfg, 1, 32).eval()
+        with torch.no_grad():
+            assert _stem(image_net, torch.rand(2, 1, 32, 32)).shape[-2:] == (8, 8)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_training_step_on_frequency_maps_decreases_the_loss():
+    """A 63×16×16 map recognizer (the frequency stem) learns: a few SGD steps on a separable toy
+    set (one random prototype map per identity plus noise) lower the ArcFace loss clearly."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    protos = torch.randn(4, 63, 16, 16, generator=g)
+    y = torch.arange(4).repeat_interleave(4)
+    x = protos[y] + 0.3 * torch.randn(16, 63, 16, 16, generator=g)
+    model = Recognizer(TINY, (63, 16, 16), num_classes=4).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        loss = model.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():  # same mode as the steps (batch statistics): only the weights moved
+        final = model.loss(x, y).item()
+    assert final < 0.5 * losses[0], (losses, final)
 
 
 def _toy_faces(n_id=4, per=8, seed=0):
@@ -52,8 +92,8 @@ def _toy_faces(n_id=4, per=8, seed=0):
     return FaceSet(imgs.clamp(0, 1), torch.arange(n_id).repeat_interleave(per))
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # was set_num_threads(2), never restored
 def test_training_learns_separable_identities_and_is_reproducible():
-    torch.set_num_threads(2)
     faces = _toy_faces()
     ctx = Context(seed=0, progress=False, recognizer=TINY)
     model = train_recognizer(faces, ctx)

@@ -36,7 +36,7 @@ def assemble(name: str, images: Tensor, labels: Tensor, cfg: DataConfig, seed: i
     if cfg.limit_identities > 0:
         keep = labels < cfg.limit_identities
         images, labels = images[keep], labels[keep]
-    train, aux, test = split_by_identity(images, labels, cfg.split, seed)
+    train, aux, test = split_by_identity(images, labels, cfg.split, seed, cfg.folds, cfg.fold)
     return _finish(name, train, aux, test, int(labels.unique().numel()), cfg, seed)
 
 
@@ -52,7 +52,7 @@ def assemble_streaming(name: str, reader: ImageReader, labels: Tensor, cfg: Data
         positions, labels = positions[keep], labels[keep]
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     whole = StreamingFaceSet(reader, positions.numpy(), labels, shape)
-    train, aux, test = (whole.subset(torch.isin(labels, g)) for g in identity_groups(labels, cfg.split, seed))
+    train, aux, test = (whole.subset(torch.isin(labels, g)) for g in identity_groups(labels, cfg.split, seed, cfg.folds, cfg.fold))
     return _finish(name, train, aux.materialise(cfg.max_aux_images),
                    test.materialise(cfg.max_test_images), int(labels.unique().numel()), cfg, seed)
 

@@ -226,14 +226,29 @@ class FaceData:
 
 
 def identity_groups(labels: Tensor, fractions: tuple[float, float, float],
-                    seed: int) -> tuple[Tensor, Tensor, Tensor]:
+                    seed: int, folds: int = 1, fold: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Deterministically assign whole identities to train / aux / test by ``fractions``: the
-    identity ids of each split."""
+    identity ids of each split.
+
+    With ``folds > 1`` (identity folds, ALGORITHMS §12) the shuffled identities are cut into
+    ``folds`` near-equal groups; group ``fold`` is the test split and train / aux are drawn from
+    the other groups in the proportion ``fractions[0] : fractions[1]``. Over the folds every
+    identity is in ``test`` exactly once."""
     ids = labels.unique()
     if len(ids) < 3:
         raise DatasetError(f"need at least 3 identities to split, found {len(ids)}")
     gen = torch.Generator().manual_seed(seed)
     ids = ids[torch.randperm(len(ids), generator=gen)]
+    if folds > 1:
+        if len(ids) < 3 * folds:
+            raise DatasetError(f"{len(ids)} identities cannot make {folds} identity folds with "
+                               "train, aux and test in each; use fewer --folds")
+        groups = list(torch.tensor_split(ids, folds))
+        test = groups.pop(fold)
+        rest = torch.cat(groups)
+        n_train = round(len(rest) * fractions[0] / (fractions[0] + fractions[1]))
+        n_train = min(max(1, n_train), len(rest) - 1)
+        return rest[:n_train], rest[n_train:], test
     total = sum(fractions)
     n_train = max(1, round(len(ids) * fractions[0] / total))
     n_aux = max(1, round(len(ids) * fractions[1] / total))
@@ -247,10 +262,12 @@ def split_by_identity(
     labels: Tensor,
     fractions: tuple[float, float, float],
     seed: int,
+    folds: int = 1,
+    fold: int = 0,
 ) -> tuple[FaceSet, FaceSet, FaceSet]:
     """In-memory images split into train / aux / test by whole identities (:func:`identity_groups`)."""
     out = []
-    for group in identity_groups(labels, fractions, seed):
+    for group in identity_groups(labels, fractions, seed, folds, fold):
         mask = torch.isin(labels, group)
         out.append(FaceSet(images[mask], labels[mask]))
     return out[0], out[1], out[2]

@@ -1,0 +1,111 @@
+"""``leaderboard.html``: the leaderboard as one self-contained page (no network, no files beside it).
+
+Every metric cell reads ``mean [ci_low, ci_high]`` (its 95 % bootstrap interval) with the seed std
+on hover; the comparable-settings key columns come first and are always visible; a click on any
+column header sorts by it (numbers numerically, by the mean; a second click reverses). Ranks carry
+``=`` when tied (overlapping intervals, :func:`bench.leaderboard.tie_ranks`). The one inline script
+only sorts rows: it reads nothing and fetches nothing.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.html_report import CSS, fmt_number
+from bench.report import is_stat_column
+from bench.store import atomic_write_text
+
+KEY_HELP = {
+    "dataset": "dataset the cells ran on",
+    "preset": "recipe (quick: CPU minutes; paper: the papers' recipe)",
+    "perceptual_metric": "what S1/S3 measure (LPIPS or its stated substitute)",
+    "environment": "hash of the library versions, device model and thread count (bench.environment)",
+    "settings": "hash of the resolved config and this cell's defense and attack options",
+    "knowledge": "what the attacker knows (white_box / black_box; - when the attack simulates nothing)",
+}
+EXTRA_CSS = """
+th{cursor:pointer;user-select:none} th:hover{background:#e8edf2}
+th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
+td.k,th.k{text-align:left;background:#f7f3e8} td.tie{color:#8a5a00}
+.legend{color:#555;font-size:13px}
+"""
+SORT_JS = """
+document.querySelectorAll('table.lb th').forEach((th, col) => th.addEventListener('click', () => {
+  const table = th.closest('table'), body = table.tBodies[0];
+  const asc = !th.classList.contains('sorted-asc');
+  table.querySelectorAll('th').forEach(h => h.classList.remove('sorted-asc', 'sorted-desc'));
+  th.classList.add(asc ? 'sorted-asc' : 'sorted-desc');
+  const key = r => { const c = r.cells[col]; const v = c.dataset.v;
+    return v === undefined || v === '' ? null : (isNaN(+v) ? v : +v); };
+  const rows = [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    if (x === null) return 1; if (y === null) return -1;
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
+  rows.forEach(r => body.appendChild(r));
+}));
+"""
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _cell(df: pd.DataFrame, i: int, col: str) -> str:
+    v = df[col].iloc[i]
+    key = col in KEY_HELP or col in ("defense", "attack")
+    if col.startswith("rank_"):
+        tied = bool(df.get(f"tied_{col[5:]}", pd.Series([False] * len(df))).iloc[i])
+        text = "" if not _finite(v) else ("=" if tied else "") + str(int(v))
+        klass = ' class="tie"' if tied else ""
+        return f'<td{klass} data-v="{v if _finite(v) else ""}">{html.escape(text)}</td>'
+    if key or isinstance(v, str):
+        return f'<td class="k" data-v="{html.escape(str(v))}">{html.escape(str(v))}</td>'
+    text = fmt_number(v)
+    lo, hi = (df[f"{col}_ci_{e}"].iloc[i] if f"{col}_ci_{e}" in df else None for e in ("low", "high"))
+    if _finite(lo) and _finite(hi):
+        text += f" [{fmt_number(lo)}, {fmt_number(hi)}]"
+    std = df[f"{col}_std"].iloc[i] if f"{col}_std" in df else None
+    title = f' title="std over seeds/folds {fmt_number(std)}"' if _finite(std) else ""
+    return f'<td data-v="{v if _finite(v) else ""}"{title}>{html.escape(text)}</td>'
+
+
+def leaderboard_html(table: pd.DataFrame) -> str:
+    """The page's HTML (see the module docstring)."""
+    hidden = {c for c in table.columns if is_stat_column(c) or c.startswith("tied_")}
+    keys = [c for c in ("dataset", "preset", "perceptual_metric", "environment", "settings",
+                        "knowledge") if c in table]
+    first = ["defense", "attack"] + [c for c in ("rank_utility", "rank_privacy") if c in table]
+    rest = [c for c in table.columns if c not in hidden and c not in keys and c not in first]
+    cols = first + keys + rest
+    head = "".join(
+        f'<th class="k" title="{html.escape(KEY_HELP.get(c, ""))}">{html.escape(c)}</th>'
+        if c in keys or c in ("defense", "attack") else f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell(table, i, c) for c in cols) + "</tr>"
+                   for i in range(len(table)))
+    legend = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in KEY_HELP.items())
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<title>faceprivbench leaderboard</title>"
+        f"<style>{CSS}{EXTRA_CSS}</style></head><body>"
+        "<h1>Leaderboard</h1>"
+        f"<p class='meta'>{len(table)} rows. Each metric: mean [95 % bootstrap interval over "
+        "verification pairs / reconstruction targets and seeds/folds]; hover for the std. Ranks "
+        "compare rows of one block (same dataset, preset, perceptual metric, environment, attack "
+        "and knowledge): rank_utility by accuracy, rank_privacy by SRRA (lower leaks less); "
+        "<b>=</b> marks a tie — intervals overlap. Click a header to sort.</p>"
+        f"<ul class='legend'>{legend}</ul>"
+        f"<div class='scroll'><table class='lb'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+        f"<script>{SORT_JS}</script></body></html>"
+    )
+
+
+def write_leaderboard_html(table: pd.DataFrame, path: Path) -> Path:
+    atomic_write_text(Path(path), leaderboard_html(table))
+    return Path(path)

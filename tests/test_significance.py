@@ -1,0 +1,57 @@
+"""`bench compare` decides significance with bootstrap tests over pairs/targets (ALGORITHMS §12)."""
+from __future__ import annotations
+
+import zlib
+
+from bench.cli import main
+from bench.compare import compare_runs
+from tests.item_records import item_record, write_run
+
+DEFENSES = {"none": (0.85, 0.80), "ppfr_fd": (0.75, 0.40), "mixup_fd": (0.80, 0.50)}
+
+
+def _records(run_id, seed, shift=0.0, ssim_shift=0.0, same_items_as=None):
+    out = []
+    for d, (acc, ssim) in DEFENSES.items():
+        delta = shift if d == "ppfr_fd" else 0.0
+        s_delta = ssim_shift if d == "ppfr_fd" else 0.0
+        out.append(item_record(d, "resrec", seed, acc=acc + delta, ssim=ssim + s_delta, run_id=run_id,
+                               items_seed=None if same_items_as is None
+                               else zlib.crc32(repr((d, same_items_as)).encode())))
+    return out
+
+
+def test_runs_that_differ_only_by_seed_show_no_significant_change(tmp_path):
+    a = write_run(tmp_path, _records("a", seed=0), "a")
+    b = write_run(tmp_path, _records("b", seed=1), "b")
+    comp = compare_runs(a, b)
+    tested = comp.metrics[comp.metrics["metric"].isin(["acc_orl", "SSIM", "SRRA"])]
+    assert len(tested) == 9 and set(tested["test"]) == {"bootstrap"}  # other seed, other split
+    assert tested["changed"].sum() >= 6  # the numbers did move between seeds
+    assert not comp.metrics["flagged"].any(), comp.metrics[["defense", "metric", "p", "p_holm"]]
+
+
+def test_a_real_effect_on_the_same_pairs_is_significant_and_paired(tmp_path, capsys):
+    a = write_run(tmp_path, _records("a", seed=0), "a")
+    b = write_run(tmp_path, _records("b", seed=0, shift=-0.15), "b")  # same pairs, worse defense
+    comp = compare_runs(a, b)
+    row = comp.metrics[(comp.metrics["defense"] == "ppfr_fd") & (comp.metrics["metric"] == "acc_orl")].iloc[0]
+    assert row["test"] == "paired bootstrap"
+    assert row["p_holm"] < 0.05 and row["flagged"] and row["regression"]
+    # the untouched defenses are identical: no change, nothing flagged
+    others = comp.metrics[comp.metrics["defense"] != "ppfr_fd"]
+    assert not others["flagged"].any()
+    rc = main(["compare", str(a), str(b), "--fail-on-regression"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "paired bootstrap" in out and "p (Holm)" in out
+
+
+def test_retraining_noise_on_the_same_targets_is_not_flagged(tmp_path):
+    a = write_run(tmp_path, _records("a", seed=0), "a")
+    b = write_run(tmp_path, _records("b", seed=0, same_items_as="retrained"), "b")  # same items, new draws
+    comp = compare_runs(a, b)
+    rows = comp.metrics[comp.metrics["metric"].isin(["SSIM", "acc_orl"])]
+    assert (rows["test"] == "paired bootstrap").all() and rows["changed"].all()
+    assert not rows["flagged"].any(), rows[["defense", "metric", "delta", "p", "p_holm"]]
+    untestable = comp.metrics[comp.metrics["metric"] == "S3"]
+    assert untestable["test"].str.startswith("untestable").all() and not untestable["flagged"].any()
