@@ -13,11 +13,17 @@ Significance (the ``flag`` column, ALGORITHMS §12):
 - when both runs kept the per-item vectors of a metric (per verification pair, per reconstruction
   target), B − A is tested with a bootstrap: **paired** when every replicate (seed, fold) of the
   cell was judged on the same items in both runs (checked by the pairs' / targets' digest),
-  unpaired otherwise (e.g. runs with different seeds see different splits). The p-values of all
+  unpaired otherwise (e.g. runs with different seeds see different splits) — and then only with
+  at least two replicates on each side (a hierarchical bootstrap over replicates and items): with
+  one trained model per side on different items, training noise cannot be told from an effect,
+  and the row says *untestable*. A paired test on one replicate judges the two trained models on
+  the same items; confirm an option's effect with ``--seeds``. The p-values of all
   tested rows are Holm-adjusted (many metrics are compared at once) and a change is *significant*
   when the adjusted p < ``ALPHA`` (0.05); both p-values are printed;
-- metrics without per-item vectors (S1–S4, raw_pp) fall back to the seed-spread rule: flagged
-  when ``|Δ| > 2 · spread`` (the larger seed std of the two runs). With a single seed they are
+- metrics without per-item vectors (S1–S4, raw_pp) are tested with Welch's t-test over the
+  replicate values (seeds × folds) when both runs have at least two, in the same Holm family;
+  with one replicate on a side they fall back to the seed-spread rule (flagged when
+  ``|Δ| > 2 · spread``, the larger seed std of the two runs). With a single seed they are
   *untestable* and not flagged when the runs carry per-item data (their pair/target-level
   companions carry the test); in older runs without any per-item data a change larger than float
   noise is flagged — with one seed we cannot tell noise from effect, so we say so;
@@ -51,12 +57,13 @@ from bench.environment import environment_diff, environment_key
 from bench.errors import BenchError
 from bench.report import (DIGEST, ITEMS, PRIVACY_COLUMNS, acc_columns, cells_frame, load_cells,
                           per_defense_seed)
-from bench.reporting.stats import TestResult, holm, paired_test, unpaired_test
+from bench.reporting.stats import TestResult, holm, paired_test, unpaired_test, welch_test
 
 #: +1: higher is better, −1: lower is better (for the defender)
 PRIVACY_DIRECTION = {"S1": 1, "S2": 1, "S3": 1, "S4": 1, "raw_pp": 1, "MSE": 1,
                      "SSIM": -1, "PSNR": -1, "SRRA": -1, "SRRA_far1e-3": -1}
 SPREAD_FACTOR = 2.0
+UNTESTABLE_UNPAIRED = "untestable (other items, one replicate: add --seeds/--folds)"
 NOISE = 1e-9
 ALPHA = 0.05  # significance level after Holm adjustment
 
@@ -140,7 +147,7 @@ def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Long table: defense, attack, metric, mean, std (NaN under two seeds), n, and ``items``:
     ``{(seed, fold): (digest, vector)}`` of the replicates that kept per-item vectors."""
     df = cells_frame(records)
-    cols = ["defense", "attack", "metric", "mean", "std", "n", "items"]
+    cols = ["defense", "attack", "metric", "mean", "std", "n", "items", "values"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     if "fold" not in df:
@@ -162,7 +169,8 @@ def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
                 rows.append({"defense": defense, "attack": attack, "metric": m,
                              "mean": vals.mean() if len(vals) else math.nan,
                              "std": vals.std(ddof=1) if len(vals) > 1 else math.nan,
-                             "n": int(len(vals)), "items": items})
+                             "n": int(len(vals)), "items": items,
+                             "values": vals.astype(float).tolist()})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -177,8 +185,22 @@ def _test(items_a: dict, items_b: dict) -> TestResult | None:
             and len(items_a[k][1]) == len(items_b[k][1]) for k in keys):
         return paired_test([np.asarray(items_a[k][1], float) for k in keys],
                            [np.asarray(items_b[k][1], float) for k in keys])
+    if len(items_a) < 2 or len(items_b) < 2:
+        # Different items and one trained model on a side: a bootstrap over the items sees the
+        # sampling of pairs/targets but not the training noise between seeds, which on ORL is as
+        # large (measured: resrec SSIM on `none` .991 vs .936 for seeds 0 and 1, p = 5e-39 if
+        # tested this way). Only replicates on both sides (hierarchical bootstrap) measure it.
+        return TestResult(math.nan, math.nan, UNTESTABLE_UNPAIRED)
     return unpaired_test([np.asarray(v, float) for _, v in items_a.values()],
                          [np.asarray(v, float) for _, v in items_b.values()])
+
+
+def _replicate_test(values_a: list[float], values_b: list[float]) -> TestResult | None:
+    """Welch's t over replicate values for a metric without per-item vectors, or None with fewer
+    than two replicates on a side."""
+    if len(values_a) < 2 or len(values_b) < 2:
+        return None
+    return welch_test(values_a, values_b)
 
 
 def _flag(a: float, b: float, sa: float, sb: float) -> tuple[bool, bool, float]:
@@ -222,12 +244,13 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     st = _stats(rec_a).merge(_stats(rec_b), on=["defense", "attack", "metric"], how="inner",
                              suffixes=("_a", "_b"))
     protected = {r["defense"]: bool(r.get("protected", True)) for r in rec_a + rec_b}
-    tests = [_test(ia, ib) for ia, ib in zip(st["items_a"], st["items_b"])] if len(st) else []
+    tests = [_test(ia, ib) if ia and ib else _replicate_test(va, vb)
+             for ia, ib, va, vb in zip(st["items_a"], st["items_b"], st["values_a"], st["values_b"])]
     p_holm = holm([t.p if t is not None else math.nan for t in tests])
     # runs that kept per-item vectors: a metric without them (S1–S4, raw_pp) is only judged by
     # the seed spread when both runs measured one; with a single replicate it is untestable and
     # not flagged (its pair/target-level companions — SSIM, SRRA, accuracy — carry the test)
-    itemized = any(t is not None for t in tests)
+    itemized = any(bool(ia) and bool(ib) for ia, ib in zip(st["items_a"], st["items_b"]))
     rows = []
     for r, t, ph in zip(st.itertuples(index=False), tests, p_holm):
         kind, sign = direction(r.metric)
@@ -302,7 +325,8 @@ def format_comparison(comp: Comparison, show_all: bool = False) -> str:
     if not shown.empty:
         lines.append(f"\nmetric differences (B − A; ! = significant: Holm-adjusted p < {ALPHA} "
                      "in a bootstrap test over pairs/targets, paired when both runs used the same "
-                     "ones — or, for records without per-item data, beyond 2×seed spread; "
+                     "ones; for metrics without per-item data a Welch t-test over seeds/folds, "
+                     "or with one seed beyond 2×seed spread; "
                      "▼ = worse for the defender; * = counts as a regression):")
         table = pd.DataFrame({
             "defense": shown["defense"], "attack": shown["attack"], "metric": shown["metric"],

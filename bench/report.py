@@ -239,8 +239,8 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     num_cols = acc_cols + PRIVACY_COLUMNS + ["raw_pp"] + independent_columns(df)
     grouped = mean_std(df, ["defense", "attack"], num_cols)
     df["note"] = df["na_reason"].map(lambda r: f"n/a: {r}" if isinstance(r, str) else
-                                     None) if "na_reason" in df else None
-    df.loc[(df["status"] == "n/a") & df["note"].isna(), "note"] = "n/a"
+                                     "") if "na_reason" in df else ""
+    df.loc[(df["status"] == "n/a") & (df["note"] == ""), "note"] = "n/a"
     firsts = df.groupby(["defense", "attack"], sort=False).agg(
         {"protected": "first", "perceptual_metric": "first", "note": "first"}).reset_index()
     grouped = grouped.merge(firsts, on=["defense", "attack"], how="left")
@@ -480,7 +480,8 @@ def table5(records: list[dict[str, Any]]) -> pd.DataFrame:
                     continue
                 cells = sub[sub["attack"] == hit]
                 ok = cells[cells["status"].fillna("ok") == "ok"]
-                row[f"{col} {metric}"] = "n/a" if ok.empty else float(ok[metric].mean())
+                # rounded here: the n/a strings make the column non-numeric for the CSV writer
+                row[f"{col} {metric}"] = "n/a" if ok.empty else round(float(ok[metric].mean()), 4)
             if hit is not None and len(names) > 1:
                 row[f"{col} attack"] = hit
         rows.append(row)

@@ -72,6 +72,19 @@ def test_hybrid_claim_uses_the_ssim_proxy_with_one_replicate():
     assert "raw_pp has no interval" in res.notes[0]
 
 
+def test_xnn_claim_prefers_the_same_vit_as_its_reference():
+    xnn = item_record("xnn", "resrec", 0, acc=0.79, ssim=0.3, items_seed=5)
+    plain = item_record("plain_feature", "resrec", 0, acc=0.86, ssim=0.6, items_seed=5)
+    vs_plain = _by_number(check_claims([xnn, plain]))[10]
+    assert {e.a for e in vs_plain.evidence} == {"plain_feature"}
+    assert "ResNet split" in vs_plain.notes[0]
+    clean = item_record("xnn.clean", "resrec", 0, acc=0.79, ssim=0.6, items_seed=5)
+    vs_clean = _by_number(check_claims([xnn, plain, clean]))[10]
+    assert {e.a for e in vs_clean.evidence} == {"xnn.clean"} and not vs_clean.notes
+    accuracy = next(e for e in vs_clean.evidence if e.what == "accuracy cost")
+    assert accuracy.verdict == "holds"  # same accuracy, same pairs: within 3 points
+
+
 def test_cli_writes_claims_json_and_strict_exits_1_on_a_contradiction(tmp_path, capsys):
     run = write_run(tmp_path, [item_record("ppfr_fd", "cgan", 0, acc=0.80, ssim=0.4, items_seed=7),
                                item_record("dp_peep", "cgan", 0, acc=0.79, ssim=0.3, items_seed=7)])

@@ -42,14 +42,17 @@ def test_one_defense_option_changed_is_reported(tmp_path):
 
 
 def test_regression_gate(tmp_path, capsys):
-    a = make_run(tmp_path, "a", seeds=(0, 1, 2))
-    worse = make_run(tmp_path, "worse", seeds=(0, 1, 2), shift={"ppfr_fd": -0.1},
+    # records without per-item data: Welch's t over five seeds, Holm over every row
+    seeds = (0, 1, 2, 3, 4)
+    a = make_run(tmp_path, "a", seeds=seeds)
+    worse = make_run(tmp_path, "worse", seeds=seeds, shift={"ppfr_fd": -0.1},
                      option_overrides={"ppfr_fd": {"perm_mode": "fixed_key"}})
-    better = make_run(tmp_path, "better", seeds=(0, 1, 2), shift={"ppfr_fd": 0.02})
+    better = make_run(tmp_path, "better", seeds=seeds, shift={"ppfr_fd": 0.02})
     comp = compare_runs(a, worse)
     reg = comp.regressions
     assert set(reg["defense"]) == {"ppfr_fd"}
     assert {"acc_orl", "SSIM", "PSNR", "S3", "raw_pp"} <= set(reg["metric"])
+    assert set(comp.metrics["test"]) == {"Welch t over replicates"}
     acc = comp.metrics[(comp.metrics["metric"] == "acc_orl") & (comp.metrics["defense"] == "ppfr_fd")]
     assert list(acc["attack"]) == ["*"]  # accuracy is compared once per defense
     assert comp.metrics["flagged"].iloc[0]  # flagged rows first

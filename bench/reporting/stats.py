@@ -159,6 +159,22 @@ def unpaired_test(a: Sequence[np.ndarray], b: Sequence[np.ndarray], n_boot: int 
     return TestResult(delta, _p_from_se(delta, float((mb - ma).std(ddof=1))), "bootstrap")
 
 
+def welch_test(a: Sequence[float], b: Sequence[float]) -> TestResult:
+    """Welch's t-test of B − A on replicate values (seeds × folds) — for metrics with no per-item
+    values (S1–S4, raw_pp); needs two replicates on each side."""
+    from scipy.stats import ttest_ind
+
+    va = np.asarray([x for x in a if np.isfinite(x)], float)
+    vb = np.asarray([x for x in b if np.isfinite(x)], float)
+    if va.size < 2 or vb.size < 2:
+        return TestResult(math.nan, math.nan, "none")
+    delta = float(vb.mean() - va.mean())
+    if va.std() == 0 and vb.std() == 0:
+        return TestResult(delta, 1.0 if delta == 0 else 0.0, "Welch t over replicates")
+    return TestResult(delta, float(ttest_ind(vb, va, equal_var=False).pvalue),
+                      "Welch t over replicates")
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (NaN stays NaN); controls the family-wise error rate."""
     p = np.asarray(pvalues, dtype=float)
