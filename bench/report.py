@@ -241,8 +241,11 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     df["note"] = df["na_reason"].map(lambda r: f"n/a: {r}" if isinstance(r, str) else
                                      "") if "na_reason" in df else ""
     df.loc[(df["status"] == "n/a") & (df["note"] == ""), "note"] = "n/a"
+    if "knowledge" not in df:
+        df["knowledge"] = None
     firsts = df.groupby(["defense", "attack"], sort=False).agg(
-        {"protected": "first", "perceptual_metric": "first", "note": "first"}).reset_index()
+        {"protected": "first", "perceptual_metric": "first", "note": "first",
+         "knowledge": "first"}).reset_index()
     grouped = grouped.merge(firsts, on=["defense", "attack"], how="left")
     first_acc = primary_acc_column(acc_cols)
     parts = []
@@ -256,10 +259,12 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
         sub["Score"] = [score(p, c) for p, c in zip(sub["Score_pp"], sub["Score_cls"])]
         parts.append(sub)
     out = with_privacy_budget(pd.concat(parts), df, "defense")
-    cols = (["defense", "attack", "Score", "Score_pp", "Score_cls"] + num_cols
+    cols = (["defense", "attack", "knowledge", "Score", "Score_pp", "Score_cls"] + num_cols
             + [f"{c}_std" for c in num_cols] + ci_columns(num_cols)
             + ["perceptual_metric"] + replicate_columns(out) + budget_columns(out) + ["note"])
-    return out[cols].rename(columns={"defense": "Method", "attack": "Attack"}).reset_index(drop=True)
+    out["knowledge"] = out["knowledge"].fillna("")  # n/a cells and pre-option records: blank
+    return out[cols].rename(columns={"defense": "Method", "attack": "Attack",
+                                     "knowledge": "Knowledge"}).reset_index(drop=True)
 
 
 TABLE1_BASES = {"mixup_rgb": ("MixUp", "RGB"), "mixup_fd": ("MixUp", "FD"),

@@ -58,3 +58,17 @@ def test_dp_budget_is_in_every_row_of_the_defense():
     assert advface_table1([dp, plain]).set_index("Method").loc["dpsgd", "epsilon"] == 7.9
     assert advface_table2([dp, plain]).set_index("Method").loc["dpsgd", "epsilon"] == 7.9
     assert "epsilon" not in table2([plain]).columns  # only when the run has a DP budget
+
+
+def test_table2_shows_the_attackers_knowledge():
+    from bench.report import table2
+    from tests.item_records import item_record
+
+    white = item_record("ppfr_fd", "resrec", 0, acc=0.8, ssim=0.5)
+    white["attack_options"] = {"knowledge": "white_box"}
+    black = item_record("ppfr_fd", "ppfr_whitebox", 0, acc=0.8, ssim=0.3)
+    black["attack_options"] = {"knowledge": "black_box"}
+    t2 = table2([white, black]).set_index("Attack")
+    assert list(t2.columns[:2]) == ["Method", "Knowledge"]
+    assert t2.loc["resrec", "Knowledge"] == "white_box"
+    assert t2.loc["ppfr_whitebox", "Knowledge"] == "black_box"
