@@ -131,8 +131,17 @@ class Pipeline:
     def leak_key(self, seed: int, defense: str) -> str:
         return stage_key("leak", recognizer=self.recognizer_key(seed, defense))
 
+    def extended_leak_key(self, seed: int, defense: str) -> str:
+        return stage_key("leak", base=self.leak_key(seed, defense), extended=True)
+
+    def attack_leak_key(self, cell: Cell) -> str:
+        """The leak an attack reads: the extended one when it ``requires`` structural entries."""
+        if getattr(ATTACKS.get(cell.attack).factory, "requires", ()):
+            return self.extended_leak_key(cell.seed, cell.defense)
+        return self.leak_key(cell.seed, cell.defense)
+
     def attack_key(self, cell: Cell) -> str:
-        return stage_key("attack", leak=self.leak_key(cell.seed, cell.defense), attack=cell.attack,
+        return stage_key("attack", leak=self.attack_leak_key(cell), attack=cell.attack,
                          options=self.attack_options(cell.attack),
                          code=plugin_fingerprint(ATTACKS.get(cell.attack).factory))
 
@@ -227,6 +236,25 @@ class Pipeline:
 
         return self.store.get_or_compute("leak", self.leak_key(seed, name), compute)
 
+    def extended_leak(self, seed: int, name: str) -> Leak:
+        """The leak plus the structural entries of :meth:`~defenses.base.Defense.extend_leak`
+        (for the deployment and, when there is one, for the black-box copy's own simulation),
+        stored apart so that runs without a structural attack never build or store them."""
+        def compute() -> Leak:
+            base = self.leak(seed, name)
+            leak = dataclasses.replace(base, extra=dict(base.extra), oracle=dict(base.oracle))
+            defense = self.defense_recognizer(seed, name)["defense"]
+            data, ctx = self.data(seed), self._baseline_ctx(seed)
+            defense.extend_leak(leak, data, ctx)
+            if leak.black_box is not None:
+                copy = defense.attacker_copy(ctx.generator("attacker_secrets", name))
+                own = copy.leak(data, ctx)
+                copy.extend_leak(own, data, ctx)
+                leak.black_box = {**leak.black_box, "extra": dict(own.extra)}
+            return leak
+
+        return self.store.get_or_compute("leak", self.extended_leak_key(seed, name), compute)
+
     def attack(self, cell: Cell) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
             defense = self.defense_fit(cell.seed, cell.defense)
@@ -237,7 +265,8 @@ class Pipeline:
                         "host": socket.gethostname()}
             t0 = time.time()
             knowledge = getattr(attack, "knowledge", "white_box")
-            leak = self.leak(cell.seed, cell.defense)
+            leak = (self.extended_leak(cell.seed, cell.defense) if getattr(attack, "requires", ())
+                    else self.leak(cell.seed, cell.defense))
             # only attacks that declare ``uses_oracle`` (upper bounds, labelled so) see Leak.oracle
             recon = attack.run(leak.for_attacker(knowledge, oracle=bool(getattr(attack, "uses_oracle", False))),
                                self.context(cell.seed, cell.attack))

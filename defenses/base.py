@@ -79,6 +79,12 @@ class Defense(ABC):
         return Leak(train_inputs, data.aux.images, inputs, data.test.images, data.test.labels,
                     views=self.view(inputs))
 
+    def extend_leak(self, leak: Leak, data: FaceData, ctx: Context) -> None:
+        """Add, in place, the large structural entries that only some attacks read (those whose
+        ``requires`` names them, e.g. a mixing defense's ``stream`` for Carlini's attack). The
+        pipeline calls it for such attacks only and stores the result under its own key.
+        Default: nothing to add."""
+
     # -- attacker knowledge (ALGORITHMS §1 "Attacker knowledge (v2)") -------------------------------
     def attacker_copy(self, gen: torch.Generator) -> "Defense":
         """The defense as a black-box attacker can run it: the same mechanism (and trained

@@ -150,21 +150,8 @@ class MixingDefense(Defense):
         stolen ``inputs``: the test faces mixed in batches, row ``i`` having test face ``i`` in
         slot 0 (its scoring target). ``extra`` holds what the attacker knows from its own
         simulation (membership/coefficients of its pairs); ``oracle`` the true membership of the
-        stolen mixtures (never handed to attacks).
-
-        The stream (ALGORITHMS §7.3, for the decoupling attack): ``extra["stream"]`` holds
-        ``inputs [E, C, h, w]`` — ``stream_rounds`` random batchings of the test faces, the
-        first being ``inputs`` itself (rows ``0..N−1``) — with what the server sees of each
-        encoding: the per-slot identity ``labels [E, k_max]`` (−1 padded, slot order as the
-        mixed-label loss consumes them) and ``coefficients [E, k_max]``, plus ``n_private`` (the
-        number of private faces), ``rounds`` and ``bytes``; ``oracle["stream_members"]`` the
-        true member indices ``[E, k_max]``. ``extra["train_stream"]``: the same for the
-        attacker's own public faces (``train_targets[:n_aux]``), membership included (its own
-        simulation). Masked spaces add ``extra["unmixed_train_inputs"]``: the attacker's public
-        faces masked but not mixed (rows of ``train_targets[:n_aux]``), for a masked→image
-        decoder. Memory: ``extra["stream_bytes"]`` = float32 bytes of both streams, about
-        ``4·C·h·w·N·(STREAM_APPEARANCES + TRAIN_STREAM_APPEARANCES·n_aux/N)/k̄`` (ORL quick,
-        MixUp-FD k = 2: 1000 + 500 encodings of 64×32×32 → 384 MiB)."""
+        stolen mixtures (never handed to attacks). The decoupling attack's stream is added by
+        :meth:`extend_leak`, only for attacks that require it."""
         gen = ctx.generator("leak", self.name)
         batch = ctx.recognizer.batch_size if ctx.recognizer is not None else 32
         rounds = self.options.leak_rounds
@@ -172,13 +159,38 @@ class MixingDefense(Defense):
         tr = [self.mix_dataset(aux, batch, gen) for _ in range(rounds)]
         train_inputs = torch.cat([t[0] for t in tr])
         train_targets = aux.repeat(rounds, 1, 1, 1)
-        first = self.mix_dataset(data.test.images, batch, gen)
-        inputs, members, coeffs = first
+        inputs, members, coeffs = self.mix_dataset(data.test.images, batch, gen)
         extra = {"mixing": {"space": self.space, "signs": self.signs, "cap": self.options.cap,
                             "k_share": self.record.get("k_share"),
                             "upsample": getattr(self.options, "upsample", None)},
                  "train_members": torch.cat([t[1] for t in tr]),
                  "train_coefficients": torch.cat([t[2] for t in tr])}
+        return Leak(train_inputs, train_targets, inputs, data.test.images, data.test.labels,
+                    views=self.view(inputs), extra=extra,
+                    oracle={"members": members, "coefficients": coeffs})
+
+    def extend_leak(self, leak: Leak, data: FaceData, ctx: Context) -> None:
+        """Add the stream (ALGORITHMS §7.3, for the decoupling attack) to ``leak`` in place. A
+        separate step from :meth:`leak` because it is large (hundreds of MiB on ORL quick) and
+        only attacks that declare ``requires = ("stream", …)`` read it: the pipeline stores the
+        extended leak under its own key.
+
+        ``extra["stream"]`` holds ``inputs [E, C, h, w]`` — ``stream_rounds`` random batchings
+        of the test faces, the first being ``leak.inputs`` itself (rows ``0..N−1``) — with what
+        the server sees of each encoding: the per-slot identity ``labels [E, k_max]`` (−1
+        padded, slot order as the mixed-label loss consumes them) and ``coefficients
+        [E, k_max]``, plus ``n_private`` (the number of private faces), ``rounds`` and ``bytes``;
+        ``oracle["stream_members"]`` the true member indices ``[E, k_max]``.
+        ``extra["train_stream"]``: the same for the attacker's own public faces
+        (``train_targets[:n_aux]``), membership included (its own simulation). Masked spaces add
+        ``extra["unmixed_train_inputs"]``: the attacker's public faces masked but not mixed (rows
+        of ``train_targets[:n_aux]``), for a masked→image decoder. Memory:
+        ``extra["stream_bytes"]`` = float32 bytes of both streams, about
+        ``4·C·h·w·N·(STREAM_APPEARANCES + TRAIN_STREAM_APPEARANCES·n_aux/N)/k̄`` (ORL quick,
+        MixUp-FD k = 2: 1000 + 500 encodings of 64×32×32 → 384 MiB)."""
+        batch = ctx.recognizer.batch_size if ctx.recognizer is not None else 32
+        aux = data.aux.images
+        first = (leak.inputs, leak.oracle["members"], leak.oracle["coefficients"])
         sgen = ctx.generator("leak_stream", self.name)
         stream, stream_members = self.mix_stream(
             data.test.images, data.test.labels, batch, sgen,
@@ -186,15 +198,12 @@ class MixingDefense(Defense):
         train_stream, train_stream_members = self.mix_stream(
             aux, data.aux.labels, batch, sgen, self.stream_rounds(self.TRAIN_STREAM_APPEARANCES))
         train_stream["members"] = train_stream_members
-        extra["stream"], extra["train_stream"] = stream, train_stream
+        leak.extra["stream"], leak.extra["train_stream"] = stream, train_stream
         if self.space == "masked":
             with torch.no_grad():
-                extra["unmixed_train_inputs"] = self.represent(aux, self._source(sgen).generator())
-        extra["stream_bytes"] = int(stream["bytes"] + train_stream["bytes"])
-        return Leak(train_inputs, train_targets, inputs, data.test.images, data.test.labels,
-                    views=self.view(inputs), extra=extra,
-                    oracle={"members": members, "coefficients": coeffs,
-                            "stream_members": stream_members})
+                leak.extra["unmixed_train_inputs"] = self.represent(aux, self._source(sgen).generator())
+        leak.extra["stream_bytes"] = int(stream["bytes"] + train_stream["bytes"])
+        leak.oracle["stream_members"] = stream_members
 
     def mean_leak_k(self) -> float:
         """Mean k of the leak's mixtures: the training k histogram when recorded, else ``k``."""

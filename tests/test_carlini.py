@@ -231,3 +231,24 @@ def test_applies_only_to_mixing_defenses() -> None:
     assert atk.applies_to(DEFENSES.create("masking_mixup.k4"))
     assert not atk.applies_to(DEFENSES.create("ppfr_fd"))
     assert not atk.applies_to(DEFENSES.create("none"))
+
+
+def test_the_stream_is_built_only_for_attacks_that_require_it(tmp_path) -> None:
+    """The stream is hundreds of MiB per mixing defense: the plain leak every attack shares must
+    not carry it; only a requiring attack's (separately keyed) extended leak does, and the two
+    agree on everything else."""
+    from bench.config import resolve
+    from bench.pipeline import Cell, Pipeline
+    from bench.store import ArtifactStore
+    from conftest import TINY_SETTINGS
+
+    pipe = Pipeline(resolve("quick", [*TINY_SETTINGS, "recognizer.epochs=1"]),
+                    ArtifactStore(tmp_path / "cache"), progress=False)
+    plain = pipe.leak(0, "mixup_fd")
+    assert "stream" not in plain.extra and "stream_members" not in plain.oracle
+    assert pipe.attack_leak_key(Cell(0, "mixup_fd", "cgan")) == pipe.leak_key(0, "mixup_fd")
+    assert pipe.attack_leak_key(Cell(0, "mixup_fd", "carlini")) == pipe.extended_leak_key(0, "mixup_fd")
+    extended = pipe.extended_leak(0, "mixup_fd")
+    assert torch.equal(extended.extra["stream"]["inputs"][:len(plain.inputs)], plain.inputs)
+    assert torch.equal(extended.inputs, plain.inputs) and "stream_members" in extended.oracle
+    assert "stream" not in pipe.leak(0, "mixup_fd").extra  # the stored plain leak is untouched
