@@ -72,11 +72,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Attack, Leak, ModelSpec, Reconstruction
-from attacks.train_loop import Standardizer, check_positive, predict, seeded, train_epochs
-from bench.context import Context
-from bench.errors import ConfigError, TrainingError
-from bench.registry import ATTACKS
+from attacks.base import Attack
+from bench.core.context import Context, seeded
+from bench.core.contract import Leak, ModelSpec, Reconstruction
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import ATTACKS
+from bench.core.training import (Standardizer, check_positive, predict, train_epochs,
+                                 train_l1_decoder)
 
 ASSIGNMENTS = ("learned", "oracle")
 SOLVERS = ("auto", "adam", "lstsq")
@@ -349,7 +351,6 @@ def _variants(cls: type) -> type:
 class CarliniAttack(Attack):
     """Carlini et al.'s decoupling attack on mixtures (ALGORITHMS §7.3); module docstring."""
 
-    name: ClassVar[str] = "carlini"
 
     requires = ("stream", "train_stream")
 
@@ -560,7 +561,7 @@ class CarliniAttack(Attack):
 
     def decode_masked(self, p: Tensor, leak: Leak, out_shape: tuple[int, ...], ctx: Context) -> Tensor:
         """Masked → image ResRec decoder trained with L1 on the attacker's public pairs."""
-        from attacks.decoders import build_decoder
+        from bench.backbones.decoders import build_decoder
 
         o = self.options
         masked = leak.extra["unmixed_train_inputs"].float()
@@ -568,22 +569,12 @@ class CarliniAttack(Attack):
         norm = Standardizer(masked)
         xr = norm(masked)
         device = ctx.device
-        with seeded(ctx, self.name, "decoder"):
-            net = build_decoder("resrec", tuple(xr.shape[1:]), tuple(out_shape), o.decoder_width).to(device)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            net.train()
-
-            def step(idx: Tensor) -> dict[str, Tensor]:
-                opt.zero_grad(set_to_none=True)
-                loss = F.l1_loss(net(xr[idx].to(device)), faces[idx].to(device))
-                loss.backward()
-                opt.step()
-                return {"l1": loss}
-
-            train_epochs("carlini-decoder", len(xr), o.epochs, 16, step,
-                         ctx.generator(self.name, "decoder"), ctx)
-            net.eval()
-            return predict(lambda r: net(r.to(device)), norm(p), 64)
+        net, _ = train_l1_decoder(
+            "carlini-decoder", lambda: build_decoder("resrec", tuple(xr.shape[1:]), tuple(out_shape),
+                                                     o.decoder_width),
+            xr, faces, epochs=o.epochs, batch_size=16, lr=1e-3, ctx=ctx,
+            init_salt=(self.name, "decoder"), shuffle=ctx.generator(self.name, "decoder"))
+        return predict(lambda r: net(r.to(device)), norm(p), 64)
 
     # -- ground-truth diagnostics (called by the pipeline with the full leak, after run) -----------
     def diagnose(self, leak: Leak, recon: Reconstruction) -> dict[str, Any]:
@@ -600,7 +591,7 @@ class CarliniAttack(Attack):
                         image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:
         """The masked → image decoder (trained for masked spaces only; ``epochs``) and, in
         learned mode, the similarity tower (run on ``sim_steps × sim_batch`` encodings)."""
-        from attacks.decoders import build_decoder
+        from bench.backbones.decoders import build_decoder
 
         o = self.options
         specs = {"decoder": ModelSpec(build_decoder("resrec", tuple(in_shape), tuple(image_shape),
@@ -637,7 +628,7 @@ def diagnostics(clusters: list[list[int]], slots: Tensor, images: Tensor, leak: 
         out["slot0_mapping_accuracy"] = float(sum(
             1 for i in range(n) if int(pick[i]) >= 0 and majority[int(pick[i])] == i) / n)
     if len(images):
-        from attacks.base import Reconstruction  # noqa: F401  (typing only)
+        from bench.core.contract import Reconstruction  # noqa: F401  (typing only)
 
         best_s = torch.full((n,), -1.0)
         best_p = torch.zeros(n)

@@ -25,27 +25,25 @@ Our choices, each marked ``[ASSUMP]`` and exposed as an option where it is a kno
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Attack, Leak, ModelSpec, Reconstruction
-from attacks.pix2pix import NLayerDiscriminator, UnetGenerator, auto_num_downs
-from attacks.train_loop import (Standardizer, check_leak, check_positive, crop_to,
-                                eval_keep_dropout, pad_to, predict, resize, seeded,
-                                train_epochs)
-from bench.context import Context
-from bench.errors import ConfigError
-from bench.registry import ATTACKS
+from attacks.base import Attack
+from bench.backbones.pix2pix import NLayerDiscriminator, UnetGenerator, auto_num_downs
+from bench.core.context import Context, seeded
+from bench.core.contract import Leak, ModelSpec, Reconstruction
+from bench.core.errors import ConfigError
+from bench.core.registry import ATTACKS
+from bench.core.training import (Standardizer, check_leak, check_positive, crop_to,
+                                 eval_keep_dropout, pad_to, predict, resize, train_epochs)
 
 
 @ATTACKS.register("cgan")
 class CganAttack(Attack):
     """pix2pix: U-Net generator + 70×70 PatchGAN on ``cat(r, x)``, BCE GAN + λ·L1 (§7.1)."""
 
-    name: ClassVar[str] = "cgan"
 
     @dataclass
     class Options(Attack.Options):

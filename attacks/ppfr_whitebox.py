@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,13 +80,14 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from attacks.base import Attack, Leak, ModelSpec, Reconstruction
-from attacks.pix2pix import UnetGenerator, auto_num_downs
-from attacks.train_loop import (Standardizer, check_leak, check_positive, crop_to, pad_to,
-                                predict, resize, seeded, train_epochs)
-from bench.context import Context
-from bench.errors import ConfigError
-from bench.registry import ATTACKS
+from attacks.base import Attack
+from bench.backbones.pix2pix import UnetGenerator, auto_num_downs
+from bench.core.context import Context, seeded
+from bench.core.contract import Leak, ModelSpec, Reconstruction
+from bench.core.errors import ConfigError
+from bench.core.registry import ATTACKS
+from bench.core.training import (Standardizer, check_leak, check_positive, crop_to, pad_to, predict,
+                                 resize, train_epochs)
 from defenses.bdct import bdct_image
 from defenses.ppfr_fd import PpfrMasker, PpfrOptions, self_normalise
 
@@ -331,7 +332,6 @@ class PpfrWhiteboxAttack(Attack):
     by a U-Net, or (``analytic=False``) a U-Net on simulated (masked, face) pairs. Applies only to
     defenses with a PPFR-FD mechanism. See the module docstring for what is recoverable."""
 
-    name: ClassVar[str] = "ppfr_whitebox"
 
     @dataclass
     class Options(Attack.Options):

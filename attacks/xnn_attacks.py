@@ -42,13 +42,14 @@ from scipy.optimize import linear_sum_assignment
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from attacks.base import Attack, Leak, ModelSpec, Reconstruction
-from attacks.decoders import build_decoder
-from attacks.train_loop import (Standardizer, check_leak, check_positive, predict, resize, seeded,
-                                train_epochs)
-from bench.context import Context
-from bench.errors import ConfigError
-from bench.registry import ATTACKS
+from attacks.base import Attack
+from bench.backbones.decoders import build_decoder
+from bench.core.context import Context
+from bench.core.contract import Leak, ModelSpec, Reconstruction
+from bench.core.errors import ConfigError
+from bench.core.registry import ATTACKS
+from bench.core.training import (Standardizer, check_leak, check_positive, predict, resize,
+                                 train_l1_decoder)
 
 
 def _token_defense_only(attack: Attack, defense: Any) -> str | None:
@@ -135,25 +136,13 @@ def train_token_decoder(name: str, o: TokenOptions, inputs: Tensor, targets: Ten
     inputs re-drawn (the expected attack) instead of ``inputs[idx]``."""
     norm = Standardizer(inputs if rekey is None else rekey(torch.arange(min(len(inputs), 256)),
                                                            ctx.generator(name, "stats")))
-    device = ctx.device
-    with seeded(ctx, name, "init"):
-        net = TokenDecoder(tuple(inputs.shape[1:]), tuple(targets.shape[1:]), o.width, o.heads,
-                           o.layers, o.order_free, o.max_side).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=o.lr)
-        net.train()
-        key_gen = ctx.generator(name, "keys")
-
-        def step(idx: Tensor) -> dict[str, Tensor]:
-            r = inputs[idx] if rekey is None else rekey(idx, key_gen)
-            opt.zero_grad(set_to_none=True)
-            loss = F.l1_loss(net(norm(r).to(device)), targets[idx].float().to(device))
-            loss.backward()
-            opt.step()
-            return {"l1": loss}
-
-        losses = train_epochs(name, len(inputs), o.epochs, o.batch_size, step,
-                              ctx.generator(name, "shuffle"), ctx)
-    net.eval()
+    key_gen = ctx.generator(name, "keys")
+    net, losses = train_l1_decoder(
+        name, lambda: TokenDecoder(tuple(inputs.shape[1:]), tuple(targets.shape[1:]), o.width, o.heads,
+                                   o.layers, o.order_free, o.max_side),
+        inputs, targets, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, ctx=ctx,
+        init_salt=(name, "init"), shuffle=ctx.generator(name, "shuffle"),
+        batch_inputs=lambda idx: norm(inputs[idx] if rekey is None else rekey(idx, key_gen)))
     return net, norm, losses
 
 
@@ -162,7 +151,6 @@ class TokenRecAttack(Attack):
     """Token-space ResRec-style decoder (ALGORITHMS §7.2 on §9's token maps): order-free
     attention over the tokens, then the ResRec decoder."""
 
-    name: ClassVar[str] = "token_rec"
     Options = TokenOptions
 
     def run(self, leak: Leak, ctx: Context) -> Reconstruction:
@@ -187,8 +175,8 @@ class TokenRecAttack(Attack):
 def rekeyer(clean: Tensor, mechanism: dict[str, Any]) -> Any:
     """``rekey(idx, gen)``: the clean token grids ``clean[idx]`` obfuscated under one key drawn
     from ``gen`` (XNN's mechanism), or None when the mechanism has no key."""
-    from defenses.xnn import draw_key, obfuscate
     from bench.backbones.vit import grid_to_tokens, tokens_to_grid
+    from defenses.xnn import draw_key, obfuscate
 
     if mechanism.get("kind") != "xnn" or not (mechanism.get("permute") or mechanism.get("matrix")):
         return None
@@ -264,7 +252,6 @@ class ExpectedAttack(Attack):
     """§9's expected attacks on XNN: expected recognition (top-1 restore-identification accuracy
     in ``info``) and expected inversion (the images), keys re-drawn every batch."""
 
-    name: ClassVar[str] = "xnn_expected"
     Options = ExpectedOptions
 
     def not_applicable(self, defense: Any) -> str | None:
@@ -375,7 +362,6 @@ class ReorderAttack(Attack):
     """§9's row/column nearest-neighbour reordering attack on permuted token maps, followed by a
     ResRec decoder trained on clean public pairs."""
 
-    name: ClassVar[str] = "xnn_reorder"
     Options = ReorderOptions
 
     def not_applicable(self, defense: Any) -> str | None:
@@ -405,23 +391,12 @@ class ReorderAttack(Attack):
         # decode the restored maps with a ResRec trained on clean public pairs (§7.2)
         norm = Standardizer(public)
         device = ctx.device
-        with seeded(ctx, self.name, "init"):
-            net = build_decoder("resrec", shape, tuple(leak.train_targets.shape[1:]), o.width).to(device)
-            opt = torch.optim.Adam(net.parameters(), lr=o.lr)
-            net.train()
-            x = leak.train_targets.float()
-
-            def step(idx: Tensor) -> dict[str, Tensor]:
-                opt.zero_grad(set_to_none=True)
-                loss = F.l1_loss(net(norm(public[idx]).to(device)), x[idx].to(device))
-                loss.backward()
-                opt.step()
-                return {"l1": loss}
-
-            losses = train_epochs(self.name, len(public), o.epochs, o.batch_size, step,
-                                  ctx.generator(self.name, "shuffle"), ctx)
-            net.eval()
-            images = predict(lambda r: net(norm(r).to(device)), as_grid(restored), max(o.batch_size, 64))
+        net, losses = train_l1_decoder(
+            self.name, lambda: build_decoder("resrec", shape, tuple(leak.train_targets.shape[1:]), o.width),
+            public, leak.train_targets, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, ctx=ctx,
+            init_salt=(self.name, "init"), shuffle=ctx.generator(self.name, "shuffle"),
+            batch_inputs=lambda idx: norm(public[idx]))
+        images = predict(lambda r: net(norm(r).to(device)), as_grid(restored), max(o.batch_size, 64))
         info["final_l1"] = losses.get("l1")
         return Reconstruction(images.clamp(0, 1), info=info)
 

@@ -16,7 +16,7 @@ cluster has GPUs and the run may use them, one GPU (Ray: the pool actors' ``ray_
 Dask: ``resources`` that the workers advertise, e.g. ``dask worker … --resources "CPU=8,GPU=1"``).
 
 Ray and Dask are optional extras (``pip install 'faceprivbench[ray]'`` / ``'[dask]'``).
-:func:`check_backend` fails fast — one line through :class:`bench.errors.BenchError`, before
+:func:`check_backend` fails fast — one line through :class:`bench.core.errors.BenchError`, before
 anything trains — when the engine is not installed or its ``--address`` does not answer within
 ``--connect-timeout`` seconds.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 BACKENDS = ("loky", "ray", "dask")
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds an --address gets to answer

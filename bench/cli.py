@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bench.errors import BenchError, ConfigError
+from bench.core.errors import BenchError, ConfigError
 
 EPILOG = """examples:
   python -m bench run                                   # none,ppfr_fd x cgan on the embedded ORL faces
@@ -140,11 +140,14 @@ def _seeds(text: str) -> list[int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.backends import BackendSpec, check_backend
     from bench.config import resolve
+    from bench.core.registry import ATTACKS, DATASETS, DEFENSES
     from bench.matrix import run_matrix
-    from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
-    from bench.report import build_report, format_table, load_cells, report_notes, table2
+    from bench.plugins import load_plugins
+    from bench.reporting.build import build_report
+    from bench.reporting.cells import load_cells
+    from bench.reporting.tables import format_table, report_notes, table2
 
-    load_builtin_plugins()
+    load_plugins()
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
@@ -213,9 +216,10 @@ def _summary(doc: str | None, width: int = 96) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.config import preset_names
-    from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+    from bench.core.registry import ATTACKS, DATASETS, DEFENSES
+    from bench.plugins import load_plugins
 
-    load_builtin_plugins()
+    load_plugins()
     for title, reg in (("defenses", DEFENSES), ("attacks", ATTACKS), ("datasets", DATASETS)):
         print(f"{title}:")
         for name in reg.names():
@@ -230,7 +234,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import build_report, format_table, load_cells, report_notes, table2
+    from bench.reporting.build import build_report
+    from bench.reporting.cells import load_cells
+    from bench.reporting.tables import format_table, report_notes, table2
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -246,7 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.leaderboard import write_leaderboard
+    from bench.reporting.leaderboard import write_leaderboard
 
     path, table = write_leaderboard(Path(args.results), Path(args.output) if args.output else None)
     print(f"wrote {path}: {len(table)} rows from {table['runs'].str.split(';').explode().nunique()} run(s)")
@@ -254,7 +260,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare_runs, format_comparison, resolve_run
+    from bench.reporting.compare import compare_runs, format_comparison, resolve_run
 
     a, b = resolve_run(args.run_a, Path(args.results)), resolve_run(args.run_b, Path(args.results))
     comp = compare_runs(a, b)
@@ -263,8 +269,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from bench.compare import resolve_run
     from bench.reporting.claims import format_claims, run_claims
+    from bench.reporting.compare import resolve_run
 
     run_dir = resolve_run(args.run_dir, Path(args.results))
     results = run_claims(run_dir)

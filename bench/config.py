@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any, get_type_hints
 
-from bench.errors import ConfigError
-
+from bench.core.errors import ConfigError
 
 SPLIT_TOLERANCE = 1e-6  # data.split fractions must sum to 1 within this
 

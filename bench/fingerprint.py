@@ -7,8 +7,8 @@ too), never executed, and followed only into the project's packages (:data:`PROJ
 third-party libraries are part of the environment, not of the keys. Two rules keep one plugin's
 edit from retiring every other plugin's stages:
 
-- ``bench.registry`` is neither hashed nor followed: it maps names to factories and computes
-  nothing, and its ``load_builtin_plugins`` imports every plugin package;
+- ``bench.core.registry`` and ``bench.plugins`` are neither hashed nor followed: the registry maps
+  names to factories and computes nothing, and ``bench.plugins`` imports every plugin package;
 - a package's ``__init__.py`` counts when a module imports the package itself
   (``from bench.backbones import build_backbone``), not as the parent of an imported submodule
   (``from defenses.base import Defense`` does not pull in ``defenses/__init__.py``, which imports
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_PACKAGES = ("bench", "defenses", "attacks", "metrics")
-NOT_FOLLOWED = frozenset({"bench.registry"})
+NOT_FOLLOWED = frozenset({"bench.core.registry", "bench.plugins"})
 
 #: Harness modules whose code computes each stage that no plugin computes (see module docstring):
 #: ``(module, follow its imports)``.

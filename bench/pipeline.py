@@ -20,15 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attacks.base import Leak, Reconstruction
 from bench import __version__
 from bench.config import RunConfig
-from bench.context import Context
-from bench.environment import environment
+from bench.core.context import Context
+from bench.core.contract import Leak, Reconstruction
+from bench.core.registry import ATTACKS, DATASETS, DEFENSES, Entry
 from bench.data.facedata import FaceData
+from bench.environment import environment
 from bench.fingerprint import harness_fingerprint, plugin_fingerprint
+from bench.plugins import load_plugins
 from bench.recognition import embed, tensor_digest, train_recognizer, verify
-from bench.registry import ATTACKS, DATASETS, DEFENSES, Entry, load_builtin_plugins
 from bench.store import ArtifactStore, stage_key
 
 N_SAMPLES = 8  # reconstructions kept per cell for figures
@@ -70,7 +71,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from bench.errors import ConfigError
+        from bench.core.errors import ConfigError
 
         raise ConfigError("device cuda asked for, but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
@@ -88,7 +89,7 @@ class Pipeline:
     """Computes (or loads) every stage of a cell from a resolved config and an artifact store."""
 
     def __init__(self, cfg: RunConfig, store: ArtifactStore, progress: bool = True) -> None:
-        load_builtin_plugins()
+        load_plugins()
         self.cfg = cfg
         self.store = store
         self.progress = progress

@@ -32,11 +32,12 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.config import RecognizerConfig, RunConfig
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import ATTACKS, DATASETS, DEFENSES
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError, TrainingError
 from bench.pipeline import Cell, Pipeline, not_applicable, plugin_options
+from bench.plugins import load_plugins
 from bench.recognition import BN_RECALIBRATION_MAX_IMAGES, Recognizer
-from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
 from bench.store import ArtifactStore
 
 DEFAULT_TFLOPS = 100.0  # assumed sustained bf16 training rate of one H100-class GPU (~10% of peak)
@@ -148,7 +149,7 @@ class Planner:
     """Builds the plan of one matrix; every model is built and counted once per shape."""
 
     def __init__(self, cfg: RunConfig, results_dir: Path) -> None:
-        load_builtin_plugins()
+        load_plugins()
         self.cfg = cfg
         self.pipe = Pipeline(cfg, ArtifactStore(Path(results_dir) / "cache"), progress=False)
         self.store = self.pipe.store
@@ -279,7 +280,7 @@ class Planner:
 
     def _advface(self, defense: Any, d: DataSummary) -> Estimate:
         """Shadow decoder training, PGD through it for every published feature, offline Ψ."""
-        from attacks.decoders import build_decoder
+        from bench.backbones.decoders import build_decoder
         from defenses.feature_split import split_recognizer
 
         o, r = defense.options, self.cfg.recognizer
@@ -429,7 +430,7 @@ def duration(hours: float) -> str:
 
 def format_plan(rows: list[PlanRow], tflops: float = DEFAULT_TFLOPS) -> str:
     """The plan as a table (one row per stage) with the totals under it."""
-    from bench.report import format_table
+    from bench.reporting.tables import format_table
 
     if not tflops > 0:
         raise ConfigError(f"--throughput-tflops must be > 0, got {tflops}")

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bench.config import RecognizerConfig
-from bench.context import Context, global_rng_from
+from bench.core.context import Context, global_rng_from
+from bench.core.errors import TrainingError
 from bench.data.facedata import FaceSource, VerificationSet, to_float
-from bench.errors import TrainingError
 
 
 def mixed_arcface_logits(cos: Tensor, gt: Tensor, co: Tensor, s: float, m: float) -> Tensor:
@@ -320,7 +320,7 @@ def build_seeded(build: Callable[[], nn.Module], gen: torch.Generator) -> nn.Mod
     """``build()`` with its weight initialisation drawn from a seed taken from ``gen``.
 
     Library modules (torch, timm) initialise from the global generator; it is forked and seeded
-    for the build (:func:`bench.context.global_rng_from`), so the weights depend only on ``gen``
+    for the build (:func:`bench.core.context.global_rng_from`), so the weights depend only on ``gen``
     and no other stage's random state is touched."""
     with global_rng_from(gen):  # modules are built on the CPU
         return build()

@@ -5,7 +5,7 @@ and a ``validate``, a :class:`~defenses.base.Defense` subclass registered as ``N
 ``encode`` is a simple placeholder transform (Gaussian pixel noise, clipped to [0, 1]) marked
 "replace this", and comments pointing at the contract methods it inherits (``fit``,
 ``train_step``, ``leak``). Written into the ``defenses`` package (the default), it is registered by
-:func:`bench.registry.load_builtin_plugins` with no other edit, so the registry-parametrised tests
+:func:`bench.plugins.load_plugins` with no other edit, so the registry-parametrised tests
 and ``bench run`` see it at once. Nothing existing is ever overwritten.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import keyword
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 #: Names the registry gives a meaning of their own (``--defenses all``).
 RESERVED = frozenset({"all"})
@@ -54,9 +54,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.context import device_generator
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
+from bench.core.context import device_generator
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from defenses.base import Defense
 
 
@@ -151,7 +151,7 @@ def shown(path: Path) -> str:
 
 
 def _source_of(name: str) -> Path | None:
-    from bench.registry import DEFENSES
+    from bench.core.registry import DEFENSES
 
     module = sys.modules.get(getattr(DEFENSES.get(name).factory, "__module__", ""))
     file = getattr(module, "__file__", None)
@@ -160,12 +160,13 @@ def _source_of(name: str) -> Path | None:
 
 def check_name(name: str, target: Path) -> None:
     """Raise :class:`BenchError` unless ``name`` can be a new defense written to ``target``."""
-    from bench.registry import DEFENSES, load_builtin_plugins
+    from bench.core.registry import DEFENSES
+    from bench.plugins import load_plugins
 
     if not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED:
         raise BenchError(f"defense name {name!r} must be a Python identifier (letters, digits, _; "
                          f"not a keyword or 'all'), e.g. my_defense")
-    load_builtin_plugins()
+    load_plugins()
     taken = [n for n in DEFENSES.names() if n.split(".")[0] == name]  # the name or its variants
     if taken:
         src = _source_of(taken[0])

@@ -38,7 +38,6 @@ import torch
 
 from bench import __version__
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -128,7 +127,7 @@ def _nested(obj: Any) -> list[type]:
 
 def _plugin_packages() -> set[str]:
     """Top-level packages of every registered plugin (third-party ones included)."""
-    registry = sys.modules.get("bench.registry")
+    registry = sys.modules.get("bench.core.registry")
     if registry is None:
         return set()
     out = set()

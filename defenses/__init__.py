@@ -1,8 +1,3 @@
-"""Built-in defenses; importing this package registers every module's defenses in
-``bench.registry.DEFENSES`` (each module of the package is imported, so a file written by
-``python -m bench new-defense NAME`` is picked up with no other edit)."""
-import importlib as _importlib
-import pkgutil as _pkgutil
-
-for _module in _pkgutil.iter_modules(__path__, f"{__name__}."):
-    _importlib.import_module(_module.name)
+"""Built-in defenses, one module each; :func:`bench.plugins.load_plugins` imports every module of
+this package, so a file written by ``python -m bench new-defense NAME`` is registered with no
+other edit."""

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData
-from bench.errors import ConfigError, TrainingError
 from bench.recognition import build_backbone, lr_at
-from bench.registry import DEFENSES
 from defenses.mixing import Mixed, RandomSource, check_cap, check_k
 from defenses.mixup import MixingDefense
 from defenses.ppfr_fd import PpfrMasker, PpfrOptions
@@ -141,7 +141,6 @@ class AdaMixup(MixingDefense):
     """Masking+AdaMixUp (ALGORITHMS §3): PPFR-FD masking + MixUp whose k a REINFORCE-trained
     policy picks per batch to maximise the recognizer's loss, alternating with the recognizer."""
 
-    name = "adamixup"
     space = "masked"
     Options = AdaMixOptions
 

@@ -54,12 +54,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.decoders import DECODERS, build_decoder
-from attacks.train_loop import seeded, train_epochs
-from bench.context import Context
+from bench.backbones.decoders import DECODERS, build_decoder
+from bench.core.context import Context
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
+from bench.core.training import train_l1_decoder
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH
 from defenses.feature_split import FeatureDefense, FeatureOptions, freeze, split_aux
 from defenses.training import fit_arcface
@@ -186,7 +186,6 @@ class AdvFace(FeatureDefense):
     """AdvFace (ALGORITHMS §6): PGD on client features against a shadow decoder; online (Ψ
     unchanged) or offline (Ψ fine-tuned on adversarial features)."""
 
-    name = "advface"
     Options = AdvFaceOptions
 
     def __init__(self, **options: Any) -> None:
@@ -203,22 +202,12 @@ class AdvFace(FeatureDefense):
         shadow_faces, _ = split_aux(data.aux, ctx.seed)
         x = shadow_faces.images.to(ctx.device)
         z = torch.cat([self.features(c) for c in x.split(ENCODE_BATCH)])
-        with seeded(ctx, "advface-shadow", o.shadow):
-            net = build_decoder(o.shadow, tuple(z.shape[1:]), tuple(x.shape[1:]), o.shadow_width)
-            net = net.to(ctx.device).train()
-            opt = torch.optim.Adam(net.parameters(), lr=o.shadow_lr)
-
-            def step(idx: Tensor) -> dict[str, Tensor]:
-                opt.zero_grad(set_to_none=True)
-                loss = F.l1_loss(net(z[idx]), x[idx])
-                loss.backward()
-                opt.step()
-                return {"l1": loss}
-
-            losses = train_epochs("advface-shadow", len(z), o.shadow_epochs,
-                                  min(o.shadow_batch_size, len(z)), step,
-                                  ctx.generator("advface-shadow", "shuffle"), ctx,
-                                  lr_option="shadow_lr")
+        net, losses = train_l1_decoder(
+            "advface-shadow",
+            lambda: build_decoder(o.shadow, tuple(z.shape[1:]), tuple(x.shape[1:]), o.shadow_width),
+            z, x, epochs=o.shadow_epochs, batch_size=min(o.shadow_batch_size, len(z)),
+            lr=o.shadow_lr, ctx=ctx, init_salt=("advface-shadow", o.shadow),
+            shuffle=ctx.generator("advface-shadow", "shuffle"), lr_option="shadow_lr")
         self.shadow_model = freeze(net)
         zt = self._pgd(z)
         self.record = {

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from attacks.base import Leak
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.contract import Leak
 from bench.data.facedata import FaceData
 
 ENCODE_BATCH = 256  # encode in chunks so large sets fit in memory

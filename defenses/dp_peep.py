@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData, to_float
-from bench.errors import ConfigError, TrainingError
-from bench.registry import DEFENSES
 from defenses.base import Defense
 from defenses.bdct import bdct, masked_view, to_gray
 
@@ -65,7 +65,6 @@ class PeepOptions:
 class DpPeep(Defense):
     """DP (PEEP, ε = 3): Laplace noise on eigenface coefficients, then BDCT (ALGORITHMS §4.1)."""
 
-    name = "dp_peep"
     Options = PeepOptions
 
     def __init__(self, **options: Any) -> None:

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Leak
-from bench.context import Context, global_rng_from
+from bench.core.context import Context, global_rng_from
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData
-from bench.errors import ConfigError, TrainingError
-from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 
 
@@ -126,7 +126,6 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 class DPSGD(Defense):
     """DP-SGD with Opacus (ALGORITHMS §4.4): see the module docstring."""
 
-    name: ClassVar[str] = "dpsgd"
     domain: ClassVar[str] = "feature"
     protected: ClassVar[bool] = True
     Options = DPSGDOptions
@@ -143,7 +142,8 @@ class DPSGD(Defense):
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
 
-        from bench.recognition import Recognizer, build_seeded, flip_where, lr_at, mixed_arcface_loss
+        from bench.recognition import (Recognizer, build_seeded, flip_where, lr_at,
+                                       mixed_arcface_loss)
         from defenses.feature_split import split_recognizer
 
         cfg, o = ctx.recognizer, self.options

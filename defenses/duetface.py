@@ -45,14 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Leak
-from attacks.train_loop import seeded
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context, seeded
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData
-from bench.errors import ConfigError, TrainingError
 from bench.recognition import ArcFaceHead, build_backbone, make_neck, verify
-from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 from defenses.bdct import BLOCK, bdct, ibdct, to_ycbcr
 from defenses.feature_split import freeze
@@ -196,7 +195,6 @@ class DuetFace(Defense):
     """DuetFace (ALGORITHMS §5): YCbCr BDCT split into client (low-frequency) and server channels;
     frozen MobileFaceNet client guides the server ResNet by feature masking."""
 
-    name = "duetface"
     Options = DuetFaceOptions
 
     def __init__(self, **options: Any) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.context import device_generator
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
+from bench.core.context import device_generator
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from defenses.feature_split import FeatureDefense, FeatureOptions
 
 
@@ -27,7 +27,6 @@ class PlainFeature(FeatureDefense):
     """Unprotected client features E(x) as a deployed split recognizer stores them ([A] Table 1
     "Unprotected"); recognizer = the baseline's Ψ."""
 
-    name = "plain_feature"
     protected = False  # excluded from the min-max of Score_pp / Score_cls
 
 
@@ -48,7 +47,6 @@ class RandomFeature(FeatureDefense):
     """AdvFace's random-perturbation baseline (ALGORITHMS §4.3): 40 × ``z ← z + U(−0.2, 0.2)``
     on the client features; recognizer = the baseline's Ψ."""
 
-    name = "random_feature"
     Options = RandomOptions
 
     def perturb(self, z: Tensor, gen: torch.Generator) -> Tensor:
@@ -85,7 +83,6 @@ class DpFeature(FeatureDefense):
     """AdvFace's DP baseline (ALGORITHMS §4.2): ``z + Laplace(0, Δ/ε)``, ε = 1, Δ = 0.2, on the
     client features; recognizer = the baseline's Ψ."""
 
-    name = "dp_feature"
     Options = DpOptions
 
     def perturb(self, z: Tensor, gen: torch.Generator) -> Tensor:

@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Leak
-from bench.context import Context, derive_seed
+from bench.core.context import Context, derive_seed
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError, TrainingError
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError, TrainingError
 from bench.recognition import ArcFaceHead
 from defenses.base import ENCODE_BATCH, Defense
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.context import device_generator
-from bench.errors import ConfigError
+from bench.core.context import device_generator
+from bench.core.errors import ConfigError
 
 K_MIN, K_MAX = 2, 10  # the k a mixing defense may be configured with
 MAX_REJECTION_ROUNDS = 10_000  # far beyond what any cap accepted by check_cap needs in practice

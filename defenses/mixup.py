@@ -30,11 +30,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from attacks.base import Leak
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
 from defenses.base import Defense
 from defenses.bdct import bdct_image, masked_view
 from defenses.mixing import Mixed, RandomSource, check_cap, check_k, mix_batch, random_source
@@ -272,7 +272,6 @@ class MixingDefense(Defense):
 class MixupRgb(MixingDefense):
     """MixUp in the pixel domain, k = 2, cap 0.65 ([H] Table 1 "RGB"; ALGORITHMS §2)."""
 
-    name = "mixup_rgb"
     space = "pixel"
     Options = MixOptions
 
@@ -288,7 +287,6 @@ class MixupRgb(MixingDefense):
 class InstahideRgb(MixupRgb):
     """InstaHide in the pixel domain: MixUp plus an independent random ±1 per element ([H] Table 1)."""
 
-    name = "instahide_rgb"
     signs = True
 
 
@@ -297,7 +295,6 @@ class InstahideRgb(MixupRgb):
 class MixupFd(MixingDefense):
     """MixUp-FD: MixUp of the full 64-channel gray BDCT, k = 2, cap 0.65 (ALGORITHMS §2)."""
 
-    name = "mixup_fd"
     space = "bdct"
     Options = FdMixOptions
 
@@ -313,7 +310,6 @@ class MixupFd(MixingDefense):
 class InstahideFd(MixupFd):
     """InstaHide-FD: MixUp-FD plus an independent random ±1 per coefficient (ALGORITHMS §2)."""
 
-    name = "instahide_fd"
     signs = True
 
 
@@ -326,7 +322,6 @@ class InstahideFd(MixupFd):
 class MaskingMixup(MixingDefense):
     """Masking+MixUp(k): PPFR-FD masking (§1) then MixUp of the masked maps, cap 0.55 (§2)."""
 
-    name = "masking_mixup"
     space = "masked"
     Options = MaskingMixOptions
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData
-from bench.registry import DEFENSES
 from defenses.base import Defense
 
 
@@ -14,7 +14,6 @@ class NoDefense(Defense):
     """No protection (the "ArcFace (no mask)" row of [H] Table 2): ``encode`` is the identity and
     the recognizer is the baseline recognizer F1 itself."""
 
-    name = "none"
     protected = False  # excluded from the min-max of Score_pp / Score_cls
 
     def train_recognizer(self, data: FaceData, ctx: Context) -> Any:

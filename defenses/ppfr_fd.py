@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bench.context import derive_seed
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
+from bench.core.context import derive_seed
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from defenses.base import Defense
 from defenses.bdct import BLOCK, DC_CHANNEL, bdct_image, masked_view
 
@@ -168,7 +168,6 @@ class PpfrFd(Defense):
     """PPFR-FD masking (ALGORITHMS §1). Threat model [H §3]: the attacker holds the trained model
     and masked data plus an auxiliary public face set, and simulates (masked, image) pairs on it."""
 
-    name = "ppfr_fd"
     Options = PpfrOptions
 
     def __init__(self, **options: object) -> None:

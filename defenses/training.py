@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
 from bench.data.facedata import FaceSource
 from bench.recognition import recalibrate_batchnorm, recalibration_batches, sgd_epochs
 

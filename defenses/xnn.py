@@ -51,16 +51,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Leak
 from bench.backbones.vit import (ViTRecognizer, ViTServer, ViTSplitConfig, fresh_tail,
                                  grid_to_tokens, tokens_to_grid, vit_split)
 from bench.config import RecognizerConfig
-from bench.context import Context, device_generator
+from bench.core.context import Context, device_generator
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData, to_float
-from bench.errors import ConfigError, TrainingError
 from bench.recognition import (build_seeded, epoch_chunks, flip_where, recalibrate_batchnorm,
                                recalibration_batches, sgd_epochs, verify)
-from bench.registry import DEFENSES
 from defenses.base import ENCODE_BATCH, Defense
 from defenses.feature_split import freeze, split_aux
 from defenses.training import fit_arcface
@@ -316,7 +316,6 @@ class Xnn(ViTSplitDefense):
     """XNN (ALGORITHMS §9): the client's ViT token map obfuscated as ``(P h) M`` with a secret
     key; a fresh server tail trained with ArcFace on the obfuscated token maps."""
 
-    name = "xnn"
     Options = XnnOptions
 
     def __init__(self, **options: Any) -> None:
@@ -490,7 +489,6 @@ class XnnD(ViTSplitDefense):
     """XNN-d (ALGORITHMS §9): adversarial generator noise on the client's ViT token map, a
     student tail distilled from the clean teacher tail recognises the noised features."""
 
-    name = "xnn_d"
     Options = XnnDOptions
 
     def __init__(self, **options: Any) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 INSTALL_HINT = "pip install 'faceprivbench[dlib]'"
 SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"

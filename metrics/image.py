@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 __all__ = [
     "mse",

@@ -33,7 +33,7 @@ def one_torch_thread():
 def context_with_random_baseline(data, cfg):
     """A seed-0 context whose baseline F1 is a randomly initialised recognizer for ``data``'s
     1×32×32 faces: client/server splits and feature defenses need its shape, not its skill."""
-    from bench.context import Context
+    from bench.core.context import Context
     from bench.recognition import Recognizer
 
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import ConfigError
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError
 from bench.recognition import Recognizer
 from defenses.adamixup import AdaMixup, KPolicy, reinforce_step
 from defenses.mixing import TorchRandom
@@ -118,7 +118,7 @@ def test_without_upsampling_the_policy_and_recognizer_see_the_8x8_block_maps():
 
 
 def test_training_without_fit_is_refused():
-    from bench.errors import TrainingError
+    from bench.core.errors import TrainingError
 
     d = AdaMixup(**SMALL_POLICY)
     with pytest.raises(TrainingError, match="fit"):

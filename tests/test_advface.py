@@ -3,18 +3,19 @@ statistics, online/offline modes, variants and the threat model."""
 import pytest
 import torch
 import torch.nn.functional as F
-
-from attacks.decoders import build_decoder
 from conftest import context_with_random_baseline
+
+from bench.backbones.decoders import build_decoder
 from bench.config import DataConfig, RecognizerConfig
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from bench.data.orl import load_orl
-from bench.errors import ConfigError
+from bench.plugins import load_plugins
 from bench.recognition import embed
-from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.advface import EPS_SWEEP, adversarial_features, batch_statistics
 from defenses.feature_split import freeze, split_aux, split_recognizer
 
-load_builtin_plugins()
+load_plugins()
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -2,19 +2,24 @@
 determinism, option validation. Tiny sizes so the file runs in well under a minute on 2 cores."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import attacks  # noqa: F401  (registers the built-in attacks)
-from attacks.base import Leak, option_names
-from attacks.decoders import build_decoder
-from attacks.pix2pix import NLayerDiscriminator, UnetGenerator, auto_num_downs, patch_map_size
-from attacks.train_loop import Standardizer
-from bench.context import Context
-from bench.errors import ConfigError, TrainingError
-from bench.registry import ATTACKS
+from bench.backbones.decoders import build_decoder
+from bench.backbones.pix2pix import (NLayerDiscriminator, UnetGenerator, auto_num_downs,
+                                     patch_map_size)
+from bench.core.context import Context
+from bench.core.contract import Leak
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import ATTACKS
+from bench.core.training import Standardizer
+from bench.plugins import load_plugins
+
+load_plugins()
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +37,7 @@ TINY = {"epochs": 2, "batch_size": 8, "ngf": 8, "ndf": 8, "width": 8}
 
 def tiny(name: str, **extra: object):
     entry = ATTACKS.get(name)
-    names = option_names(entry.factory.Options)
+    names = [f.name for f in dataclasses.fields(entry.factory.Options)]
     return ATTACKS.create(name, **{k: v for k, v in {**TINY, **extra}.items() if k in names})
 
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from bench.backbones import backbone_names, build_backbone
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,13 +8,13 @@ import sys
 import time
 
 import pytest
+from conftest import TINY_SETTINGS
 
 from bench.backends import BackendSpec
 from bench.config import resolve
 from bench.matrix import run_matrix
-from bench.report import load_cells
+from bench.reporting.cells import load_cells
 from bench.store import ArtifactStore
-from conftest import TINY_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from torch import nn
 import bench.recognition as recognition
 import defenses.training as training
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
 from bench.data.facedata import FaceSet
 
 TINY = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=2, batch_size=8,

@@ -8,15 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.base import Leak, Reconstruction
 from attacks.carlini import (CarliniAttack, assign, cluster_labels, grow_clusters, member_sets,
                              pair_distances, train_similarity)
-from bench.context import Context
-from bench.registry import ATTACKS, load_builtin_plugins
+from bench.core.context import Context
+from bench.core.contract import Leak, Reconstruction
+from bench.core.registry import ATTACKS
+from bench.plugins import load_plugins
 from defenses.mixup import InstahideRgb, MixupRgb
 from metrics.image import ssim
 
-load_builtin_plugins()
+load_plugins()
 
 
 @pytest.fixture(autouse=True)
@@ -224,7 +225,7 @@ def test_pipeline_hands_the_oracle_only_to_attacks_that_declare_it() -> None:
 
 
 def test_applies_only_to_mixing_defenses() -> None:
-    from bench.registry import DEFENSES
+    from bench.core.registry import DEFENSES
 
     atk = CarliniAttack()
     assert atk.applies_to(DEFENSES.create("mixup_fd"))
@@ -237,10 +238,11 @@ def test_the_stream_is_built_only_for_attacks_that_require_it(tmp_path) -> None:
     """The stream is hundreds of MiB per mixing defense: the plain leak every attack shares must
     not carry it; only a requiring attack's (separately keyed) extended leak does, and the two
     agree on everything else."""
+    from conftest import TINY_SETTINGS
+
     from bench.config import resolve
     from bench.pipeline import Cell, Pipeline
     from bench.store import ArtifactStore
-    from conftest import TINY_SETTINGS
 
     pipe = Pipeline(resolve("quick", [*TINY_SETTINGS, "recognizer.epochs=1"]),
                     ArtifactStore(tmp_path / "cache"), progress=False)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +41,10 @@ def test_help_lists_the_commands():
 
 
 def test_list_shows_every_registered_plugin():
-    from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+    from bench.core.registry import ATTACKS, DATASETS, DEFENSES
+    from bench.plugins import load_plugins
 
-    load_builtin_plugins()
+    load_plugins()
     lines = {line.split()[0]: line for line in bench("list").stdout.splitlines()
              if line.startswith("  ")}
     for reg in (DEFENSES, ATTACKS, DATASETS):

@@ -2,11 +2,11 @@
 import math
 
 import pytest
-
-from bench.compare import SPREAD_FACTOR, _flag, compare_runs, direction, format_comparison
-from bench.report import PRIVACY_COLUMNS
 from synthetic_run import make_run
 from test_cli import bench
+
+from bench.reporting.cells import PRIVACY_COLUMNS
+from bench.reporting.compare import SPREAD_FACTOR, _flag, compare_runs, direction, format_comparison
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.registry import load_builtin_plugins
-from bench.report import load_cells
-from bench.store import safe_load
 from conftest import TINY_SETTINGS
+
+from bench.plugins import load_plugins
+from bench.reporting.cells import load_cells
+from bench.store import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [*TINY_SETTINGS, "attacks.resrec.epochs=1", "attacks.resrec.width=8"]
@@ -46,7 +47,7 @@ def test_two_runs_of_one_command_at_once_share_a_results_folder(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    load_builtin_plugins()
+    load_plugins()
     stages = sorted((shared / "cache").rglob("*.pt"))
     assert {p.parent.name for p in stages} == {
         "baseline", "defense_fit", "defense_recognizer", "leak", "attack", "measure"}

@@ -1,7 +1,7 @@
 import pytest
 
 from bench.config import parse_value, preset_names, resolve
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", preset_names())

@@ -16,14 +16,14 @@ from PIL import Image
 
 import bench.data  # noqa: F401  (registers loaders)
 from bench.config import DataConfig
+from bench.core.errors import DatasetError
+from bench.core.registry import DATASETS
 from bench.data.facedata import split_by_identity
 from bench.data.folder import load_folder
 from bench.data.images import decode_image_bytes, load_image
 from bench.data.insightface_bin import load_bin, load_verification, read_bin
 from bench.data.lfw import load_lfw_pairs
 from bench.data.orl import load_orl, load_orl_images
-from bench.errors import DatasetError
-from bench.registry import DATASETS
 
 
 def _png_bytes(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.config import RecognizerConfig
-from bench.context import Context, global_rng_from
+from bench.core.context import Context, global_rng_from
 from bench.data.facedata import FaceSet
 from bench.environment import KEY_FIELDS, environment, environment_diff, environment_key
 from bench.recognition import train_recognizer

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.core.errors import ConfigError, TrainingError
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError, TrainingError
 from defenses.bdct import bdct
 from defenses.dp_peep import DpPeep, laplace
 

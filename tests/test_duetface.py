@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from bench.config import DataConfig, RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import ConfigError, TrainingError
+from bench.core.registry import DEFENSES
 from bench.data.facedata import FaceData, FaceSet
 from bench.data.orl import load_orl
-from bench.errors import ConfigError, TrainingError
+from bench.plugins import load_plugins
 from bench.recognition import embed
-from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.bdct import bdct, to_ycbcr
 from defenses.duetface import CLIENT_FREQS, FeatureMasking, channel_split, ycbcr_bdct
 from defenses.mobilefacenet import MobileFaceNet
 
-load_builtin_plugins()
+load_plugins()
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

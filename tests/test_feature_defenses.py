@@ -5,18 +5,19 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-
-from attacks.base import Leak, Reconstruction
-from attacks.decoders import DECODERS, build_decoder
 from conftest import context_with_random_baseline
+
+from bench.backbones.decoders import DECODERS, build_decoder
 from bench.config import DataConfig, RecognizerConfig, RunConfig
+from bench.core.contract import Leak, Reconstruction
+from bench.core.errors import ConfigError
+from bench.core.registry import DEFENSES
 from bench.data.orl import load_orl
-from bench.errors import ConfigError
+from bench.plugins import load_plugins
 from bench.recognition import Recognizer
-from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.feature_split import SPLIT_POINTS, split_aux, split_recognizer
 
-load_builtin_plugins()
+load_plugins()
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

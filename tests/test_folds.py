@@ -6,13 +6,13 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_SETTINGS
 
 from bench.cli import main
 from bench.config import resolve
+from bench.core.errors import DatasetError
 from bench.data.facedata import identity_groups
-from bench.errors import DatasetError
 from bench.matrix import fold_configs
-from conftest import TINY_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

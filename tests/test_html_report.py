@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from bench.report import build_report
 from synthetic_run import make_run
+
+from bench.reporting.build import build_report
 
 CHROMIUM = "/usr/bin/chromium"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import torch
 
-import attacks  # noqa: F401  (registers the built-in attacks)
-import attacks.ppfr_whitebox  # noqa: F401
-from attacks.base import Attack, Leak, Reconstruction
+from attacks.base import Attack
 from bench import pipeline as pl
-from bench.context import Context
-from bench.registry import ATTACKS, DEFENSES, load_builtin_plugins
+from bench.core.context import Context
+from bench.core.contract import Leak, Reconstruction
+from bench.core.registry import ATTACKS, DEFENSES
+from bench.plugins import load_plugins
 from defenses.base import Defense
 from defenses.ppfr_fd import PpfrFd
 
-load_builtin_plugins()
+load_plugins()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -177,7 +177,7 @@ def test_old_leaks_without_knowledge_fields_still_load() -> None:
 @pytest.mark.parametrize("name", ["resrec", "urec", "transrec", "cgan", "ppfr_whitebox",
                                   "ppfr_whitebox.simulated"])
 def test_knowledge_is_an_option_with_a_default(name: str) -> None:
-    from bench.errors import ConfigError
+    from bench.core.errors import ConfigError
     from bench.pipeline import effective_options
 
     assert effective_options(ATTACKS.get(name), {}, name)["knowledge"] == "white_box"

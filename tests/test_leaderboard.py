@@ -9,12 +9,11 @@ import statistics
 
 import pandas as pd
 import pytest
-
-from bench.leaderboard import KEY, build_leaderboard
-from bench.report import load_cells
 from synthetic_run import make_run
 from test_compare import cli
 
+from bench.reporting.cells import load_cells
+from bench.reporting.leaderboard import KEY, build_leaderboard
 
 
 def _row(board: pd.DataFrame, **key) -> pd.DataFrame:

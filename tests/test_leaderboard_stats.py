@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from bench.cli import main
-from bench.leaderboard import build_leaderboard, tie_ranks
+from bench.reporting.leaderboard import build_leaderboard, tie_ranks
 from tests.item_records import item_record, write_run
 from tests.test_html_report import CHROMIUM, chromium, dump_dom, tags  # noqa: F401 (fixture)
 

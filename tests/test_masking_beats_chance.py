@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from bench.config import resolve
+from bench.core.registry import DEFENSES
 from bench.pipeline import Pipeline, plugin_options
 from bench.recognition import verify
-from bench.registry import DEFENSES
 from bench.store import ArtifactStore
 
 #: Chance is 0.5 on balanced pairs, but an *untrained* recognizer on the masked maps already

@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from metrics import identity, image, scores
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import ConfigError
 from bench.data.facedata import FaceData, FaceSet
-from bench.errors import ConfigError
 from bench.recognition import Recognizer
 from defenses.bdct import bdct_image
 from defenses.mixing import SecureRandom, TorchRandom, mix_batch, sample_weights

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SETTINGS
 
 from bench.cli import main
-from bench.errors import BenchError, ConfigError
-from bench.registry import ATTACKS, DATASETS, DEFENSES, load_builtin_plugins
+from bench.core.errors import BenchError, ConfigError
+from bench.core.registry import ATTACKS, DATASETS, DEFENSES
+from bench.plugins import load_plugins
 from bench.scaffold import class_name, defenses_dir, new_defense, render
-from conftest import TINY_SETTINGS
 from defenses.base import Defense
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "dummy_defense_pkg"
 CELL = [a for s in TINY_SETTINGS + ["attacks.resrec.epochs=1", "attacks.resrec.width=8"]
         for a in ("--set", s)]
 
-load_builtin_plugins()
+load_plugins()
 
 
 def run(python: str, *args: str, cwd: Path = ROOT, env: dict | None = None,
@@ -207,7 +208,7 @@ def venv_python(tmp_path: Path) -> str:
 def test_external_package_registers_a_defense_through_the_entry_point(tmp_path):
     """A real package declaring `[project.entry-points."faceprivbench.defenses"]`, pip-installed
     into a fresh venv: `bench list` shows its defense and `bench run` measures a cell of it."""
-    load_builtin_plugins()
+    load_plugins()
     assert "dummy_noise" not in DEFENSES  # only the venv below has the package
     python = venv_python(tmp_path)
     pkg = shutil.copytree(FIXTURE, tmp_path / "pkg")  # pip builds in the source tree: use a copy

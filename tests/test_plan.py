@@ -5,20 +5,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import context_with_random_baseline
 from torch import nn
 
 from bench.cli import main
 from bench.config import DataConfig, RecognizerConfig, resolve
+from bench.core.errors import TrainingError
+from bench.core.registry import ATTACKS, DEFENSES
 from bench.data.orl import load_orl
-from bench.errors import TrainingError
 from bench.pipeline import Cell, Pipeline
 from bench.plan import DEFAULT_TFLOPS, forward_flops, plan_matrix, sgd_samples
+from bench.plugins import load_plugins
 from bench.recognition import Recognizer
-from bench.registry import ATTACKS, DEFENSES, load_builtin_plugins
 from bench.store import ArtifactStore
-from conftest import context_with_random_baseline
 
-load_builtin_plugins()
+load_plugins()
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

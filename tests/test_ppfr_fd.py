@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from defenses.bdct import bdct, bdct_image, ibdct
 from defenses.ppfr_fd import PpfrFd, PpfrMasker, PpfrOptions, permute_channels, self_normalise
 

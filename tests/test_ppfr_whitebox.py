@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.base import Leak
 from attacks.ppfr_whitebox import (PpfrWhiteboxAttack, Prior, group_counts, hungarian_pairs,
                                    inverse_masked_bdct, match_channels, ring_pairs, solve_groups)
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.contract import Leak
+from bench.core.registry import DEFENSES
 from bench.data.orl import load_orl_images
-from bench.registry import DEFENSES, load_builtin_plugins
+from bench.plugins import load_plugins
 from defenses.bdct import bdct_image
 from defenses.ppfr_fd import PpfrFd, PpfrMasker, PpfrOptions, self_normalise
 from metrics.image import ssim
 
-load_builtin_plugins()
+load_plugins()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
 from bench.data.facedata import FaceSet
 from bench.recognition import (Recognizer, build_backbone, embed, mixed_arcface_loss,
                                train_recognizer)

@@ -17,18 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.core.errors import DatasetError
 from bench.data import recordio
-from bench.data.recordio import (
-    MAGIC,
-    IRHeader,
-    RecordFile,
-    encode_record,
-    open_insightface_records,
-    pack,
-    unpack,
-    write_records,
-)
-from bench.errors import DatasetError
+from bench.data.recordio import (MAGIC, IRHeader, RecordFile, encode_record,
+                                 open_insightface_records, pack, unpack, write_records)
 
 M = struct.pack("<I", MAGIC)
 

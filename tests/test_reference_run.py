@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench.cli import main
-from bench.compare import compare_runs
+from bench.reporting.compare import compare_runs
 from tests.reference_run import REFERENCE, run_reference
 
 

@@ -1,9 +1,10 @@
 import pytest
 
-from bench.errors import UnknownPluginError
-from bench.registry import ATTACKS, DATASETS, DEFENSES, Registry, load_builtin_plugins
+from bench.core.errors import UnknownPluginError
+from bench.core.registry import ATTACKS, DATASETS, DEFENSES, Registry
+from bench.plugins import load_plugins
 
-load_builtin_plugins()
+load_plugins()
 
 
 def make() -> Registry:
@@ -55,7 +56,7 @@ def test_double_registration_is_refused():
 
 
 def test_entry_points_are_loaded(monkeypatch):
-    import bench.registry as registry
+    import bench.plugins as plugins
 
     loaded = []
 
@@ -65,10 +66,11 @@ def test_entry_points_are_loaded(monkeypatch):
             reg.register("third_party")(object)
 
     reg = Registry("thing", "faceprivbench.test")
-    monkeypatch.setattr(registry, "entry_points", lambda group: [EP()] if group == "faceprivbench.test" else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [EP()] if group == "faceprivbench.test" else [])
+    plugins.load_entry_points(reg)
     assert "third_party" in reg.names()
     assert loaded == [True]
-    reg.names()
+    plugins.load_entry_points(reg)
     assert loaded == [True]  # loaded once
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
-from bench.report import build_report, load_cells, load_cells_checked, table2
 from synthetic_run import ADAMIXUP, FULL_DEFENSES, make_run
+
+from bench.reporting.build import build_report
+from bench.reporting.cells import load_cells, load_cells_checked
+from bench.reporting.tables import table2
 
 ATTACKS = ("cgan", "resrec")
 
@@ -145,7 +147,7 @@ def test_damaged_cell_files_are_named_and_skipped(tmp_path):
 
 def test_grid_rows_follow_the_samples(full_run, tmp_path):
     """The grid's mosaic is built from the npz arrays: originals first, in order."""
-    from bench.figures import _mosaic
+    from bench.reporting.figures import _mosaic
 
     run_dir, _ = full_run
     with np.load(run_dir / "cells" / "none__cgan__s0.npz") as z:
@@ -169,7 +171,7 @@ def test_report_cli_prints_what_it_wrote(tmp_path, capsys):
 
 
 def test_a_failing_figure_does_not_fail_the_report(tmp_path, monkeypatch):
-    import bench.figures as figures
+    import bench.reporting.figures as figures
 
     def broken(*args, **kwargs):
         raise RuntimeError("plotting bug")
@@ -183,7 +185,7 @@ def test_a_failing_figure_does_not_fail_the_report(tmp_path, monkeypatch):
 
 
 def test_one_sided_table1_is_named_with_the_defenses_that_complete_it():
-    from bench.report import report_notes, table1_gaps
+    from bench.reporting.tables import report_notes, table1_gaps
 
     recs = lambda *names: [{"defense": n, "perceptual_metric": "lpips"} for n in names]  # noqa: E731
     assert table1_gaps(recs("mixup_fd", "instahide_fd", "none")) == ["instahide_rgb", "mixup_rgb"]
@@ -201,7 +203,7 @@ def test_report_html_names_the_defenses_a_one_sided_table1_lacks(tmp_path):
 
 
 def test_independent_evaluator_scores_reach_the_tables_only_when_measured(tmp_path):
-    from bench.report import advface_table1
+    from bench.reporting.tables import advface_table1
 
     run_dir = make_run(tmp_path, defenses=["none", "advface"], attacks=("resrec",), seeds=(0,))
     assert "dlib_SRRA" not in table2(load_cells(run_dir)).columns
@@ -218,7 +220,7 @@ def test_independent_evaluator_scores_reach_the_tables_only_when_measured(tmp_pa
 def test_score_cls_normalises_lfw_accuracy_when_the_run_has_it(tmp_path):
     """[H] Table 2 scores LFW: with an LFW column present, Score_cls must follow it, not the
     first (test-split) column, even when the two rank the defenses in opposite orders."""
-    from bench.report import primary_acc_column
+    from bench.reporting.cells import primary_acc_column
 
     run_dir = make_run(tmp_path, defenses=["none", "ppfr_fd", "mixup_fd"], attacks=ATTACKS, seeds=(0,))
     lfw = {"ppfr_fd": 0.60, "mixup_fd": 0.90, "none": 0.95}

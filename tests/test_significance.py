@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 
 from bench.cli import main
-from bench.compare import UNTESTABLE_UNPAIRED, compare_runs
+from bench.reporting.compare import UNTESTABLE_UNPAIRED, compare_runs
 from tests.item_records import item_record, write_run
 
 DEFENSES = {"none": (0.85, 0.80), "ppfr_fd": (0.75, 0.40), "mixup_fd": (0.80, 0.50)}

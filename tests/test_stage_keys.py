@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SETTINGS
 
 import bench.fingerprint as fingerprint
 from attacks.cgan import CganAttack
 from bench.config import resolve
+from bench.core.registry import ATTACKS, DEFENSES
 from bench.pipeline import Cell, Pipeline
-from bench.registry import ATTACKS, DEFENSES, load_builtin_plugins
+from bench.plugins import load_plugins
 from bench.store import ArtifactStore
-from conftest import TINY_SETTINGS
 from defenses.ppfr_fd import PpfrFd, PpfrOptions
 
-load_builtin_plugins()
+load_plugins()
 
 
 @pytest.fixture(autouse=True)
@@ -115,14 +116,14 @@ def test_effective_options_fill_in_every_default(tmp_path):
 DEFENSE_SOURCE = '''
 from dataclasses import dataclass
 
-from bench.registry import DEFENSES
+from bench.core.registry import DEFENSES
 from defenses.base import Defense
 from defenses.bdct import to_gray
 
 
 @DEFENSES.register("tmp_defense")
 class TmpDefense(Defense):
-    name = "tmp_defense"
+
 
     @dataclass
     class Options:
@@ -133,13 +134,14 @@ class TmpDefense(Defense):
 '''
 
 ATTACK_SOURCE = '''
-from attacks.base import Attack, Reconstruction
-from bench.registry import ATTACKS
+from attacks.base import Attack
+from bench.core.contract import Reconstruction
+from bench.core.registry import ATTACKS
 
 
 @ATTACKS.register("tmp_attack")
 class TmpAttack(Attack):
-    name = "tmp_attack"
+
 
     def run(self, leak, ctx):
         return Reconstruction(leak.train_targets[:len(leak.inputs)])
@@ -205,7 +207,9 @@ PROJECT_EDITS = {
     # ppfr_fd and tmp_defense import it; `none`, the harness and the attacks do not
     "defenses.bdct": lambda keys: (defense_chain("ppfr_fd", PLUGIN_ATTACKS)
                                    | defense_chain("tmp_defense", PLUGIN_ATTACKS)),
-    "attacks.train_loop": lambda keys: attack_cells("cgan", PLUGIN_DEFENSES),  # not tmp_attack
+    "bench.core.training": lambda keys: attack_cells("cgan", PLUGIN_DEFENSES),  # not tmp_attack
+    "attacks.cgan": lambda keys: attack_cells("cgan", PLUGIN_DEFENSES),  # only CGAN's cells
+    "defenses.ppfr_fd": lambda keys: defense_chain("ppfr_fd", PLUGIN_ATTACKS),  # only its chain
     "bench.recognition": _all_but_data,  # the baseline's code: every stage downstream of it
     "bench.pipeline": _all_but_data,
     "bench.data.orl": lambda keys: set(keys),  # the dataset loader
@@ -229,11 +233,34 @@ def test_an_edited_project_module_changes_exactly_the_stages_it_computes(tmp_pat
     assert changed(before, after) == PROJECT_EDITS[module](before)
 
 
+ATTACK_MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "attacks").glob("*.py")
+                        if p.stem != "__init__")
+REAL_DEFENSES = ["none", "ppfr_fd", "masking_mixup.k2", "advface", "duetface", "xnn", "dpsgd"]
+
+
+@pytest.mark.parametrize("module", ATTACK_MODULES)
+def test_no_attack_edit_recomputes_a_defense_stage(tmp_path, monkeypatch, module):
+    """The contract lives in bench/core: an edit anywhere in attacks/ (attacks.base included)
+    retires attack and measure stages only, never a defense's fit, recognizer or leak."""
+    copy = tmp_path / "edited_copy.py"
+    shutil.copy(fingerprint.module_file(f"attacks.{module}"), copy)
+    real = fingerprint.module_file
+    monkeypatch.setattr(fingerprint, "module_file",
+                        lambda name: copy if name == f"attacks.{module}" else real(name))
+    fingerprint.clear_cache()
+    pipe = pipeline(tmp_path)
+    before = all_keys(pipe, REAL_DEFENSES, ["cgan"])
+    _edit(copy, "from __future__ import annotations", "from __future__ import annotations  # edited")
+    moved = changed(before, all_keys(pipe, REAL_DEFENSES, ["cgan"]))
+    assert not {label for label in moved if label[0] in ("defense_fit", "defense_recognizer", "leak")}
+    assert moved <= {label for label in before if label[0] in ("attack", "measure")}
+
+
 def test_code_closures_follow_imports_but_not_the_plugin_lists():
     mixup = {name for name, _ in fingerprint.closure("defenses.mixup")}
     assert {"defenses.mixup", "defenses.ppfr_fd", "defenses.bdct", "defenses.base",
             "bench.recognition", "bench.backbones.irse"} <= mixup  # direct, transitive, lazy
-    assert not {"defenses", "defenses.dp_peep", "attacks.cgan", "bench.registry"} & mixup
+    assert not {"defenses", "defenses.dp_peep", "attacks.cgan", "bench.core.registry", "bench.plugins"} & mixup
     for stage in fingerprint.HARNESS:
         files = [name for module, follow in fingerprint.HARNESS[stage]
                  for name, _ in fingerprint.closure(module, None, follow)]

@@ -65,8 +65,8 @@ from bench.store import UnsafeArtifactError, safe_global, safe_load  # noqa: E40
 def _stage_like() -> dict:
     """What stored stages hold: harness modules, a defense with its nested Options dataclass,
     Leak / Reconstruction dataclasses, tensors, numpy values, floats."""
-    from attacks.base import Leak, Reconstruction
     from bench.config import RecognizerConfig
+    from bench.core.contract import Leak, Reconstruction
     from bench.recognition import Recognizer
     from defenses.none import NoDefense
 

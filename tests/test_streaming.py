@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.config import DataConfig, RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.errors import TrainingError
 from bench.data.facedata import FaceSet, StreamingFaceSet
 from bench.data.folder import load_folder
-from bench.errors import TrainingError
 from bench.recognition import Recognizer, sgd_epochs, train_recognizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,7 +73,7 @@ def test_materialise_caps_at_whole_identities(streamed):
 
 
 def test_a_streamed_set_refuses_to_load_everything_silently(streamed):
-    from bench.errors import DatasetError
+    from bench.core.errors import DatasetError
 
     with pytest.raises(DatasetError, match="streamed"):
         streamed.train.images  # noqa: B018

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.report import build_report, table2, table5
+from bench.reporting.build import build_report
+from bench.reporting.tables import table2, table5
 from tests.item_records import item_record, write_run
 
 
@@ -54,14 +55,14 @@ def test_dp_budget_is_in_every_row_of_the_defense():
     t2 = table2([dp, plain]).set_index("Method")
     assert t2.loc["dpsgd", "epsilon"] == 7.9 and t2.loc["dpsgd", "delta"] == 0.005
     assert pd.isna(t2.loc["plain_feature", "epsilon"])
-    from bench.report import advface_table1, advface_table2
+    from bench.reporting.tables import advface_table1, advface_table2
     assert advface_table1([dp, plain]).set_index("Method").loc["dpsgd", "epsilon"] == 7.9
     assert advface_table2([dp, plain]).set_index("Method").loc["dpsgd", "epsilon"] == 7.9
     assert "epsilon" not in table2([plain]).columns  # only when the run has a DP budget
 
 
 def test_table2_shows_the_attackers_knowledge():
-    from bench.report import table2
+    from bench.reporting.tables import table2
     from tests.item_records import item_record
 
     white = item_record("ppfr_fd", "resrec", 0, acc=0.8, ssim=0.5)

@@ -12,14 +12,15 @@ import torch
 from attacks.xnn_attacks import ExpectedAttack, ReorderAttack, recover_token_order, rekeyer
 from bench.backbones.vit import ViTSplitConfig, grid_to_tokens, vit_split
 from bench.config import DataConfig, RecognizerConfig
-from bench.context import Context
+from bench.core.context import Context
+from bench.core.registry import DEFENSES
 from bench.data.orl import load_orl
+from bench.plugins import load_plugins
 from bench.recognition import build_seeded, verify
-from bench.registry import DEFENSES, load_builtin_plugins
 from defenses.xnn import (NoiseGenerator, adversarial_stage, draw_key, identity_ce, obfuscate,
                           unobfuscate)
 
-load_builtin_plugins()
+load_plugins()
 
 TINY_VIT = {"embed_dim": 32, "num_heads": 2, "client_depth": 1, "server_depth": 1,
             "patch_size": 4, "vit_epochs": 20, "tail_epochs": 12}

@@ -21,7 +21,7 @@ from bench.backbones import inception_resnet_v1 as _inception
 from bench.backbones import irse
 from bench.backbones.irse import ir_neck
 from bench.backbones.timm_resnet import is_timm_model, timm_backbone
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 __all__ = ["BACKBONES", "BackboneSpec", "backbone_names", "build_backbone", "ir_neck"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 #: timm families whose stage widths follow ``channels=`` (``recognizer.widths``).
 WIDTH_FAMILIES = ("resnet", "seresnet", "resnext")

@@ -1,14 +1,13 @@
 """The step every identity-labelled loader shares: images + labels → split ``FaceData``."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from bench.config import DataConfig
-import torch
-
+from bench.core.errors import DatasetError
 from bench.data.facedata import (FaceData, FaceSet, ImageReader, StreamingFaceSet, VerificationSet,
                                  identity_groups, make_pairs, split_by_identity)
-from bench.errors import DatasetError
 
 
 def _whole_folds(ver: VerificationSet) -> VerificationSet:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.errors import DatasetError
+from bench.core.errors import DatasetError
 
 
 class ImageReader(Protocol):

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from bench.config import DataConfig
+from bench.core.errors import DatasetError
+from bench.core.registry import DATASETS
 from bench.data.assemble import assemble_streaming
 from bench.data.facedata import FaceData
 from bench.data.images import IMAGE_SUFFIXES, load_image_uint8
-from bench.errors import DatasetError
-from bench.registry import DATASETS
 
 
 def list_identity_folders(root: str | Path, limit: int = 0) -> list[tuple[str, list[Path]]]:

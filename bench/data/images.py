@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from bench.errors import DatasetError
+from bench.core.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 

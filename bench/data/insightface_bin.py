@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.core.errors import DatasetError
 from bench.data.facedata import VerificationSet
 from bench.data.images import decode_image_bytes
-from bench.errors import DatasetError
 
 # Plain, fixed-size dtypes a verification file may use (bool labels, uint8 images, ints, floats).
 _ALLOWED_DTYPES = {"b1", "?", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8"}

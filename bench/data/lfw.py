@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from bench.core.errors import DatasetError
 from bench.data.facedata import VerificationSet
 from bench.data.images import load_images
-from bench.errors import DatasetError
 
 
 def _parse_pairs(pairs_file: Path) -> list[tuple[str, int, str, int, bool]]:

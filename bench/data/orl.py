@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from bench.config import DataConfig
+from bench.core.errors import DatasetError
+from bench.core.registry import DATASETS
 from bench.data.assemble import assemble
 from bench.data.facedata import FaceData
 from bench.data.images import load_image
-from bench.errors import DatasetError
-from bench.registry import DATASETS
 
 NUM_IDENTITIES = 40
 IMAGES_PER_IDENTITY = 10

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from bench.config import DataConfig
+from bench.core.errors import DatasetError
+from bench.core.registry import DATASETS
 from bench.data.assemble import assemble_streaming
 from bench.data.facedata import FaceData
 from bench.data.images import decode_image_bytes_uint8
 from bench.data.recordio import InsightfaceRecords, open_insightface_records
-from bench.errors import DatasetError
-from bench.registry import DATASETS
 
 
 class RecordReader:

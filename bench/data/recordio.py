@@ -36,7 +36,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from bench.errors import DatasetError
+from bench.core.errors import DatasetError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

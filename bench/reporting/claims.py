@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from bench.report import (DIGEST, ITEMS, acc_columns, base_name, cells_frame, load_cells,
-                          primary_acc_column)
+from bench.reporting.cells import (DIGEST, ITEMS, acc_columns, base_name, cells_frame, load_cells,
+                                   primary_acc_column)
 from bench.reporting.stats import Interval, difference
 from bench.store import atomic_write_text
 

@@ -3,7 +3,7 @@
 Every metric cell reads ``mean [ci_low, ci_high]`` (its 95 % bootstrap interval) with the seed std
 on hover; the comparable-settings key columns come first and are always visible; a click on any
 column header sorts by it (numbers numerically, by the mean; a second click reverses). Ranks carry
-``=`` when tied (overlapping intervals, :func:`bench.leaderboard.tie_ranks`). The one inline script
+``=`` when tied (overlapping intervals, :func:`bench.reporting.leaderboard.tie_ranks`). The one inline script
 only sorts rows: it reads nothing and fetches nothing.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.html_report import CSS, fmt_number
-from bench.report import is_stat_column
+from bench.reporting.cells import is_stat_column
+from bench.reporting.html import fmt_number
+from bench.reporting.templates import page
 from bench.store import atomic_write_text
 
 KEY_HELP = {
@@ -27,28 +28,6 @@ KEY_HELP = {
     "settings": "hash of the resolved config and this cell's defense and attack options",
     "knowledge": "what the attacker knows (white_box / black_box; - when the attack simulates nothing)",
 }
-EXTRA_CSS = """
-th{cursor:pointer;user-select:none} th:hover{background:#e8edf2}
-th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
-td.k,th.k{text-align:left;background:#f7f3e8} td.tie{color:#8a5a00}
-.legend{color:#555;font-size:13px}
-"""
-SORT_JS = """
-document.querySelectorAll('table.lb th').forEach((th, col) => th.addEventListener('click', () => {
-  const table = th.closest('table'), body = table.tBodies[0];
-  const asc = !th.classList.contains('sorted-asc');
-  table.querySelectorAll('th').forEach(h => h.classList.remove('sorted-asc', 'sorted-desc'));
-  th.classList.add(asc ? 'sorted-asc' : 'sorted-desc');
-  const key = r => { const c = r.cells[col]; const v = c.dataset.v;
-    return v === undefined || v === '' ? null : (isNaN(+v) ? v : +v); };
-  const rows = [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
-    if (x === null) return 1; if (y === null) return -1;
-    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
-  rows.forEach(r => body.appendChild(r));
-}));
-"""
-
-
 def _finite(v: Any) -> bool:
     try:
         return v is not None and math.isfinite(float(v))
@@ -89,10 +68,7 @@ def leaderboard_html(table: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(_cell(table, i, c) for c in cols) + "</tr>"
                    for i in range(len(table)))
     legend = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in KEY_HELP.items())
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<title>faceprivbench leaderboard</title>"
-        f"<style>{CSS}{EXTRA_CSS}</style></head><body>"
+    return page("faceprivbench leaderboard", (
         "<h1>Leaderboard</h1>"
         f"<p class='meta'>{len(table)} rows. Each metric: mean [95 % bootstrap interval over "
         "verification pairs / reconstruction targets and seeds/folds]; hover for the std. Ranks "
@@ -102,8 +78,7 @@ def leaderboard_html(table: pd.DataFrame) -> str:
         f"<ul class='legend'>{legend}</ul>"
         f"<div class='scroll'><table class='lb'><thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table></div>"
-        f"<script>{SORT_JS}</script></body></html>"
-    )
+    ), styles=("report.css", "leaderboard.css"), script="leaderboard.js")
 
 
 def write_leaderboard_html(table: pd.DataFrame, path: Path) -> Path:

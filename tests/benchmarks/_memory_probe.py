@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     from bench.config import DataConfig, RecognizerConfig
-    from bench.context import Context
+    from bench.core.context import Context
     from bench.data.folder import load_folder
     from bench.recognition import train_recognizer
 

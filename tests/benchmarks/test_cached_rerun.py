@@ -5,7 +5,7 @@ preset, the ResRec decoder cut to one epoch of width 8; defenses ``none, ppfr_fd
 ``resrec``, one seed: 2 cells) is run once to completion into ``tmp_path``. Then a re-run —
 ``bench.config.resolve`` + :func:`bench.matrix.run_matrix` on the same results folder, what
 ``bench run`` does when given the same command again — is timed against the reference
-:func:`load_reference`: :func:`bench.report.load_cells` on the run folder plus
+:func:`load_reference`: :func:`bench.reporting.cells.load_cells` on the run folder plus
 :meth:`ArtifactStore.load` of every stored stage file the re-run loads (recorded by spying on
 the store during an untimed re-run: the two ``measure`` files, one per cell). That is what a
 re-run must at least do; what it does beyond it is building the config (preset + overrides,
@@ -40,14 +40,14 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SETTINGS
+from ratio import assert_within, measure_ratio
 
 import bench.fingerprint as fingerprint
 from bench.config import resolve
 from bench.matrix import run_matrix
-from bench.report import load_cells
+from bench.reporting.cells import load_cells
 from bench.store import ArtifactStore
-from conftest import TINY_SETTINGS
-from ratio import assert_within, measure_ratio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

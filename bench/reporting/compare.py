@@ -53,11 +53,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.core.errors import BenchError
 from bench.environment import environment_diff, environment_key
-from bench.errors import BenchError
-from bench.report import (DIGEST, ITEMS, PRIVACY_COLUMNS, acc_columns, cells_frame, load_cells,
-                          per_defense_seed)
+from bench.reporting.cells import (DIGEST, ITEMS, PRIVACY_COLUMNS, acc_columns, cells_frame,
+                                   load_cells)
 from bench.reporting.stats import TestResult, holm, paired_test, unpaired_test, welch_test
+from bench.reporting.tables import per_defense_seed
 
 #: +1: higher is better, −1: lower is better (for the defender)
 PRIVACY_DIRECTION = {"S1": 1, "S2": 1, "S3": 1, "S4": 1, "raw_pp": 1, "MSE": 1,

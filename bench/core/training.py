@@ -1,22 +1,22 @@
-"""Shared plumbing of the learned reconstruction attacks (ALGORITHMS §7.1, §7.2).
+"""Training plumbing shared by attacks and defenses (ALGORITHMS §7.1, §7.2, §6).
 
-Input standardisation, resizing a representation to the image grid, deterministic seeding
-without touching the caller's global RNG, the epoch/mini-batch loop with NaN detection and a
-progress bar, and batched inference.
+Input standardisation, resizing a representation to the image grid, the epoch/mini-batch loop
+with NaN detection and a progress bar, the one L1 decoder loop (every attack decoder, Carlini's
+masked decoder, XNN's token decoders and AdvFace's shadow decoder train through it), and batched
+inference.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bench.context import Context, derive_seed
-from bench.errors import ConfigError, TrainingError
+from bench.core.context import Context, seeded
+from bench.core.errors import ConfigError, TrainingError
 
 
 class Standardizer:
@@ -61,22 +61,6 @@ def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Centre crop undoing :func:`pad_to`."""
     top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
     return x[..., top:top + size[0], left:left + size[1]]
-
-
-@contextlib.contextmanager
-def seeded(ctx: Context, *salt: object) -> Iterator[None]:
-    """Run the block with torch's global RNG seeded from ``ctx.seed`` and ``salt``, restoring
-    the caller's RNG state afterwards.
-
-    Model init and dropout draw from the global RNG; forking it makes an attack reproducible
-    from the run seed alone without disturbing other stages.
-    """
-    devices: list[int] = []
-    if ctx.device.type == "cuda":
-        devices = [ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(ctx.seed, *salt))
-        yield
 
 
 def check_positive(where: str, **values: float) -> None:
@@ -131,6 +115,37 @@ def train_epochs(name: str, n: int, epochs: int, batch_size: int,
             on_epoch_end(epoch)
     bar.close()
     return means
+
+
+def train_l1_decoder(name: str, build: Callable[[], nn.Module], inputs: Tensor, targets: Tensor, *,
+                     epochs: int, batch_size: int, lr: float, ctx: Context,
+                     init_salt: tuple[object, ...], shuffle: torch.Generator,
+                     batch_inputs: Callable[[Tensor], Tensor] | None = None,
+                     lr_option: str = "lr") -> tuple[nn.Module, dict[str, float]]:
+    """Train ``build()`` with Adam on L1(net(input), target) over shuffled mini-batches; returns
+    the network in eval mode and the last epoch's mean losses (``{"l1": …}``).
+
+    The network is built and trained with torch's global RNG seeded from ``ctx.seed`` and
+    ``init_salt`` (init and dropout reproducible from the run seed alone); ``shuffle`` orders the
+    batches. ``batch_inputs(idx)`` (optional) returns a batch's inputs instead of ``inputs[idx]``
+    (standardised, or re-drawn per step as XNN's expected attack does).
+    """
+    device = ctx.device
+    fetch = batch_inputs if batch_inputs is not None else (lambda idx: inputs[idx])
+    with seeded(ctx, *init_salt):
+        net = build().to(device).train()
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+        def step(idx: Tensor) -> dict[str, Tensor]:
+            opt.zero_grad(set_to_none=True)
+            loss = F.l1_loss(net(fetch(idx).to(device)), targets[idx].float().to(device))
+            loss.backward()
+            opt.step()
+            return {"l1": loss}
+
+        losses = train_epochs(name, len(inputs), epochs, batch_size, step, shuffle, ctx,
+                              lr_option=lr_option)
+    return net.eval(), losses
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import (base_name, cells_frame, is_stat_column, own_k_values, table2,  # noqa: E402
-                          table3)
+from bench.reporting.cells import base_name, cells_frame, is_stat_column
+from bench.reporting.tables import own_k_values, table2, table3
 from bench.store import atomic_write_bytes  # noqa: E402
 
 FIGURES = {

@@ -1,6 +1,6 @@
 """``report.html``: one self-contained file with a run's tables, figures and resolved config.
 
-Figures are embedded as base64 ``data:`` URIs and the style sheet is inline, so the file opens in
+Figures are embedded as base64 ``data:`` URIs and the style sheet (``templates/report.css``) is inline, so the file opens in
 any browser from disk, with no server and no network, and can be mailed or attached to a CI job
 as it is. No scripts: nothing in it executes.
 """
@@ -15,20 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from bench.reporting.figures import FIGURE_CAPTIONS
+from bench.reporting.tables import TABLE_TITLES
+from bench.reporting.templates import page
 from bench.store import atomic_write_text
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;
-     max-width:1200px;padding:0 1em;color:#222}
-h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#555} .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.6em 1em;margin:1em 0}
-table{border-collapse:collapse;margin:.6em 0;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f4f6f8;position:sticky;top:0} td.key{text-align:left;font-weight:600}
-tr:nth-child(even) td{background:#fafbfc} .scroll{overflow-x:auto}
-figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee}
-figcaption{color:#555;font-size:13px} pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}
-"""
 
 KEY_COLUMNS = {"Method", "Attack", "verification_set", "shadow", "defense", "attack"}
 
@@ -93,9 +83,6 @@ def png_data_uri(path: Path) -> str:
 def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],
            skipped: list[str], gaps: list[str] = ()) -> str:
     """The report's HTML text."""
-    from bench.figures import FIGURE_CAPTIONS
-    from bench.report import TABLE_TITLES
-
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     try:
@@ -107,10 +94,8 @@ def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Pa
     c = cfg.get("config", {})
     t2 = tables.get("table2", pd.DataFrame())
     metric = set(t2["perceptual_metric"].dropna()) if "perceptual_metric" in t2 else set()
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-             f"<title>faceprivbench report — {html.escape(run_id)}</title><style>{CSS}</style></head><body>",
-             f"<h1>faceprivbench report — {html.escape(run_id)}</h1>",
+    title = f"faceprivbench report — {html.escape(run_id)}"
+    parts = [f"<h1>{title}</h1>",
              "<p class='meta'>"
              + " · ".join(html.escape(str(x)) for x in (
                  f"dataset {c.get('data', {}).get('name', '?')}", f"preset {c.get('preset', '?')}",
@@ -142,8 +127,8 @@ def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Pa
                          f"alt='{html.escape(cap, quote=True)}'><figcaption>{html.escape(cap)}"
                          f"</figcaption></figure>")
     parts.append("<h2>Resolved configuration</h2><details open><summary>config.json</summary>"
-                 f"<pre>{html.escape(cfg_text)}</pre></details></body></html>")
-    return "\n".join(parts)
+                 f"<pre>{html.escape(cfg_text)}</pre></details>")
+    return page(title, "\n".join(parts))
 
 
 def write_html(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Path],

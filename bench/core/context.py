@@ -29,7 +29,20 @@ def device_generator(gen: torch.Generator, device: torch.device | str) -> torch.
 
 
 @contextlib.contextmanager
-def global_rng_from(gen: torch.Generator, device: torch.device | str | None = None) -> Iterator[None]:
+def _global_rng_seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork torch's global RNG (CPU, and ``device`` when it is a GPU), seed it, restore it after."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def global_rng_from(gen: torch.Generator,
+                    device: torch.device | str | None = None) -> contextlib.AbstractContextManager:
     """Run the block with torch's global RNG (CPU, and ``device`` when it is a GPU) seeded by one
     draw from ``gen``, restoring the caller's state afterwards.
 
@@ -39,15 +52,13 @@ def global_rng_from(gen: torch.Generator, device: torch.device | str | None = No
     while importing or building (a measured cause of different accuracies in two environments).
     """
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        if devices:
-            torch.cuda.manual_seed(seed)
-        yield
+    return _global_rng_seeded(seed, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+def seeded(ctx: "Context", *salt: object) -> contextlib.AbstractContextManager:
+    """:func:`global_rng_from` with the seed derived from ``ctx.seed`` and ``salt`` instead of a
+    generator draw: an attack or defense stage reproducible from the run seed alone."""
+    return _global_rng_seeded(derive_seed(ctx.seed, *salt), ctx.device)
 
 
 @dataclass

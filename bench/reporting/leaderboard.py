@@ -34,9 +34,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
-from bench.report import (PRIVACY_COLUMNS, cells_frame, is_stat_column, load_cells, mean_std,
-                          primary_acc_column, replicate_columns)
+from bench.core.errors import BenchError
+from bench.reporting.cells import (PRIVACY_COLUMNS, cells_frame, is_stat_column, load_cells,
+                                   primary_acc_column)
+from bench.reporting.tables import mean_std, replicate_columns
 
 KEY = ["dataset", "preset", "perceptual_metric", "environment", "settings", "defense", "attack",
        "knowledge"]
@@ -156,9 +157,8 @@ def add_ranks(table: pd.DataFrame, acc_col: str | None) -> pd.DataFrame:
 def write_leaderboard(results_dir: Path, path: Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Rebuild and write ``results_dir/leaderboard.csv`` (or ``path``) and the HTML page next to
     it (same name, ``.html``); return the CSV's path and the table."""
-    from bench.report import write_csv
-
     from bench.reporting.leaderboard_html import write_leaderboard_html
+    from bench.reporting.tables import write_csv
 
     table = build_leaderboard(results_dir)
     path = Path(path) if path else Path(results_dir) / "leaderboard.csv"
