@@ -18,6 +18,20 @@ class Attack(ABC):
     #: Keys of ``Leak.extra`` the attack cannot run without (a structural attack such as Carlini's
     #: needs the mixing stream); empty = it runs on any leak of (representation, image) pairs.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: ALGORITHMS §15: the attack family (``decoder``, ``cgan``, ``decoupling``, ``analytic`` —
+    #: white-box analytic —, ``linkage``, ``template``) the worst-case view counts and
+    #: ``--attacks strongest`` picks one representative of; ``family_rank`` orders a family's
+    #: attacks (lowest first: the representative where it applies).
+    family: ClassVar[str] = "other"
+    family_rank: ClassVar[int] = 0
+    #: ALGORITHMS §15: the strength the attack must reach on ``none`` (no protection) with the
+    #: quick preset on ORL, per privacy metric (``{"SSIM": 0.8, "SRRA": 0.9}``) — set from a
+    #: measurement with margin; a cell on ``none`` below it is recorded ``underpowered``. Empty for
+    #: an attack that does not apply to ``none`` (``floor_note`` says why).
+    floor: ClassVar[dict[str, float]] = {}
+    floor_note: ClassVar[str] = ""
+    #: False for identity-level attacks that return no images (``Reconstruction.images is None``).
+    reconstructs: ClassVar[bool] = True
 
     @dataclass
     class Options:
@@ -71,6 +85,18 @@ class Attack(ABC):
             return None
         return (f"attack {self.name} does not apply to defense "
                 f"{getattr(defense, 'name', type(defense).__name__)}")
+
+    @classmethod
+    def floor_shortfall(cls, privacy: dict[str, Any]) -> dict[str, list[float]]:
+        """The metrics of ``privacy`` (a cell's measured numbers on ``none``) under the attack's
+        :attr:`floor`: ``{metric: [value, floor]}`` (a missing or NaN value counts as under)."""
+        out: dict[str, list[float]] = {}
+        for metric, need in cls.floor.items():
+            value = privacy.get(metric)
+            v = float(value) if isinstance(value, (int, float)) else float("nan")
+            if not v >= need:
+                out[metric] = [v, float(need)]
+        return out
 
     @abstractmethod
     def run(self, leak: Leak, ctx: Context) -> Reconstruction:

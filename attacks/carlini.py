@@ -22,6 +22,7 @@ its public faces (``extra["train_stream"]``, membership known). Steps:
     private faces. [ASSUMP] the attacker knows that number (``stream["n_private"]``: the size of the
     victim's training set, which the server sees as the rows per epoch). A second pass grows each
     kept cluster to the expected size E·k̄/N.
+    The labels the attack reads are what the server sees (``server_labels``, below).
 (c) Assignment. Cluster label = majority label of its members. [ASSUMP] instead of the public
     code's second network, the encoding × cluster distance is the mean pair distance to the
     cluster's ``assign_nearest`` nearest members. Each encoding's slots (largest λ first) are
@@ -48,17 +49,34 @@ its public faces (``extra["train_stream"]``, membership known). Steps:
     fresh permutations, so no fixed masked tensor P exists; the solve then returns a blend and the
     chain is expected to fail (which is the defense's point, measured rather than assumed).
 
+What the server sees of the labels (issue 20; ``server_labels``). The mixing defenses mix each
+training batch with itself ([H] §4.1 "the mixed images used in this work come from the same
+batch"; §2 step 1), so every slot of a mixture is a *private training face*, never a public one
+(unlike InstaHide's cross-dataset mode, whose public slots carry no label); the server knows each
+one's training class because it trains on it: "labels are represented by weighted one-hot
+vectors, [...] the non-zero value is [...] the randomly generated weighting coefficients" ([H]
+§4.1). The mixed-label ArcFace (§0.3) is a function of that vector alone (two slots of one class
+give the same loss terms as one slot with their summed weight), so a deployment needs to send no
+more: the server sees, per encoding, the classes present and their summed weights — not which
+slot (the batch's own face, slot 0) holds which class, nor two slots of one class apart.
+``server_labels="mixed"`` (default) runs the attack on exactly that (:func:`server_view`: each
+encoding's (class, weight) pairs in decreasing weight); ``"per_slot"`` reads the stream's per-slot
+labels in slot order, as the harness stores them — more than a server sees (the attack before
+issue 20). ``info["server_labels"]`` and ``info["server_sees"]`` record it.
+
 Rows: ``Reconstruction.images[i]`` reconstructs ``leak.inputs[i]`` = stream encoding ``i``
-(round 0), whose slot 0 holds test face ``i``. [ASSUMP] the mixed labels are released per slot in
-slot order (as the mixed-label ArcFace consumes them, §0.3), so the attacker knows slot 0's
-label and λ: row ``i`` is the recovered image of the cluster assigned to encoding ``i``'s slot 0.
+(round 0), whose slot 0 holds test face ``i``. With ``server_labels="mixed"`` the attacker cannot
+tell slot 0 from the others: row ``i`` is the recovered image of the cluster assigned to the
+encoding's heaviest class (its dominant face) [ASSUMP]; with ``"per_slot"`` the cluster assigned
+to slot 0 (which the slot order gives away).
 
 ``assignment="oracle"`` (variant ``carlini.oracle``, ``uses_oracle``): the clusters are the true
 memberships from ``Leak.oracle["stream_members"]`` (the pipeline hands the oracle only to attacks
 declaring ``uses_oracle``): an upper bound, labelled ``upper_bound`` in ``Reconstruction.info``.
-After the reconstruction is fixed, :meth:`CarliniAttack.diagnose` scores it against the ground
-truth (cluster purity, best-match SSIM/PSNR per private face and the share above
-``ssim_threshold``, slot-0 mapping accuracy) into ``Reconstruction.info``.
+The oracle reads per-slot membership, so it keeps the per-slot view. After the reconstruction is
+fixed, :meth:`CarliniAttack.diagnose` scores it against the ground truth (cluster purity,
+best-match SSIM/PSNR per private face and the share above ``ssim_threshold``, slot-0 mapping
+accuracy: the share of rows whose cluster is the row's own face) into ``Reconstruction.info``.
 """
 from __future__ import annotations
 
@@ -82,6 +100,10 @@ from bench.core.training import (Standardizer, check_positive, predict, train_ep
 
 ASSIGNMENTS = ("learned", "oracle")
 SOLVERS = ("auto", "adam", "lstsq")
+SERVER_LABELS = ("mixed", "per_slot")
+#: What the server of a mixing defense sees of an encoding's labels (recorded with every cell).
+SERVER_SEES = ("the weighted one-hot label of each encoding ([H] 4.1): the training classes it "
+               "mixes and their summed weights; no slot order, no slot of a public face")
 
 
 # -- (a) similarity network -------------------------------------------------------------------------
@@ -298,6 +320,23 @@ def assign(dist: Tensor, clusters: list[list[int]], clabels: list[int], labels: 
     return out
 
 
+def server_view(labels: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    """What the server sees of per-slot ``labels [E, k]`` and ``coeffs [E, k]`` (−1 / 0 padded):
+    each encoding's weighted one-hot label (module docstring) as (class, summed weight) pairs in
+    decreasing weight (ties: smaller class first), −1 / 0 padded to ``k``. Slot order is gone and
+    two slots of one class are one entry."""
+    out_l = torch.full_like(labels, -1)
+    out_c = torch.zeros_like(coeffs)
+    for i, (row_l, row_c) in enumerate(zip(labels.tolist(), coeffs.tolist())):
+        weight: dict[int, float] = {}
+        for v, c in zip(row_l, row_c):
+            if v >= 0 and c > 0:
+                weight[v] = weight.get(v, 0.0) + c
+        for j, (v, c) in enumerate(sorted(weight.items(), key=lambda t: (-t[1], t[0]))):
+            out_l[i, j], out_c[i, j] = v, c
+    return out_l, out_c
+
+
 # -- (d) solve -------------------------------------------------------------------------------------
 def mixing_matrix(slots: Tensor, coeffs: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Dense ``A [E', n]`` with ``A[e, c] = Σ λ`` over e's slots assigned to c, for the encodings
@@ -351,12 +390,16 @@ def _variants(cls: type) -> type:
 class CarliniAttack(Attack):
     """Carlini et al.'s decoupling attack on mixtures (ALGORITHMS §7.3); module docstring."""
 
+    family = "decoupling"  # ALGORITHMS §15 (issue 19: attack metadata, do not drop)
+    floor_note = "n/a on none (decouples mixtures)"
+
 
     requires = ("stream", "train_stream")
 
     @dataclass
     class Options(Attack.Options):
         assignment: str = "learned"  # learned | oracle (upper bound, needs Leak.oracle)
+        server_labels: str = "mixed"  # mixed (what a server sees) | per_slot (module docstring)
         sim_width: int = 32  # [ASSUMP] small CNN (public code: WideResNet-28)
         sim_steps: int = 400  # [ASSUMP]
         sim_batch: int = 64
@@ -379,6 +422,9 @@ class CarliniAttack(Attack):
             if self.assignment not in ASSIGNMENTS:
                 raise ConfigError(f"attacks.carlini.assignment must be one of {ASSIGNMENTS}, "
                                   f"got {self.assignment!r}")
+            if self.server_labels not in SERVER_LABELS:
+                raise ConfigError(f"attacks.carlini.server_labels must be one of {SERVER_LABELS}, "
+                                  f"got {self.server_labels!r}")
             if self.solver not in SOLVERS:
                 raise ConfigError(f"attacks.carlini.solver must be one of {SOLVERS}, got {self.solver!r}")
             check_positive("attacks.carlini", sim_width=self.sim_width, sim_steps=self.sim_steps,
@@ -433,7 +479,12 @@ class CarliniAttack(Attack):
         device = ctx.device
         z, labels, coeffs = stream["inputs"].float(), stream["labels"], stream["coefficients"]
         n_priv, n_enc = int(stream["n_private"]), len(stream["inputs"])
+        # the oracle's membership is per slot; a learned attack reads what the server sees
+        view = "per_slot" if self.uses_oracle else o.server_labels
+        if view == "mixed":
+            labels, coeffs = server_view(labels, coeffs)
         info: dict[str, Any] = {"assignment": o.assignment, "upper_bound": self.uses_oracle,
+                                "server_labels": view, "server_sees": SERVER_SEES,
                                 "space": space, "signs": signs, "n_private": n_priv,
                                 "n_encodings": n_enc, "stream_rounds": stream.get("rounds"),
                                 "stream_bytes": leak.extra.get("stream_bytes"),
@@ -520,7 +571,7 @@ class CarliniAttack(Attack):
             pick[i] = int(other[0]) if len(other) else 0
         info["rows_without_slot0_cluster"] = int(missing.sum())
         recon = images[pick] if n_clusters else torch.zeros((n_rows,) + out_shape)
-        self._state = {"clusters": clusters, "slots": slots, "cluster_images": images}
+        self._state = {"clusters": clusters, "slots": slots, "cluster_images": images, "pick": pick}
         return Reconstruction(recon.clamp(0, 1), info=info)
 
     @staticmethod
@@ -584,7 +635,7 @@ class CarliniAttack(Attack):
         st = self._state
         if not st or leak.targets is None:
             return {}
-        return diagnostics(st["clusters"], st["slots"], st["cluster_images"], leak,
+        return diagnostics(st["clusters"], st["pick"], st["cluster_images"], leak,
                            self.options.ssim_threshold)
 
     def training_models(self, in_shape: tuple[int, ...],
@@ -602,8 +653,9 @@ class CarliniAttack(Attack):
         return specs
 
 
-def diagnostics(clusters: list[list[int]], slots: Tensor, images: Tensor, leak: Leak,
+def diagnostics(clusters: list[list[int]], pick: Tensor, images: Tensor, leak: Leak,
                 threshold: float) -> dict[str, Any]:
+    """Ground-truth scores of a finished run: ``pick [N]`` the cluster each row was given."""
     from metrics.image import psnr, ssim
 
     members = leak.oracle.get("stream_members")
@@ -624,9 +676,9 @@ def diagnostics(clusters: list[list[int]], slots: Tensor, images: Tensor, leak: 
             purities.append(counts.get(best, 0) / max(1, len(cl)))
         out["purity"] = float(sum(purities) / len(purities))
         out["distinct_sources_found"] = len(set(majority) - {-1})
-        pick = slots[:n, 0]
-        out["slot0_mapping_accuracy"] = float(sum(
-            1 for i in range(n) if int(pick[i]) >= 0 and majority[int(pick[i])] == i) / n)
+        # rows whose cluster is their own (slot-0) face
+        own = [0 <= int(c) < len(majority) and majority[int(c)] == i for i, c in enumerate(pick[:n])]
+        out["slot0_mapping_accuracy"] = float(sum(own) / n)
     if len(images):
         from bench.core.contract import Reconstruction  # noqa: F401  (typing only)
 

@@ -26,6 +26,7 @@ class DecoderAttack(Attack):
 
     name: ClassVar[str] = "decoder"
     kind: ClassVar[str] = "resrec"
+    family = "decoder"  # ALGORITHMS §15
 
     @dataclass
     class Options(Attack.Options):
@@ -68,6 +69,8 @@ class ResRecAttack(DecoderAttack):
     """ResRec decoder attack (ALGORITHMS §7.2)."""
 
     kind: ClassVar[str] = "resrec"
+    family_rank = 0  # ALGORITHMS §15: `--attacks strongest` tries resrec first
+    floor = {"SSIM": 0.8, "SRRA": 0.9}  # on `none` (quick, ORL), README "Attack strength floors"
 
     class Options(DecoderAttack.Options):
         where: ClassVar[str] = "attacks.resrec"
@@ -78,6 +81,8 @@ class URecAttack(DecoderAttack):
     """URec decoder attack (ALGORITHMS §7.2)."""
 
     kind: ClassVar[str] = "urec"
+    family_rank = 1  # ALGORITHMS §15: `--attacks strongest` tries resrec first
+    floor = {"SSIM": 0.8, "SRRA": 0.9}  # on `none` (quick, ORL), README "Attack strength floors"
 
     class Options(DecoderAttack.Options):
         where: ClassVar[str] = "attacks.urec"
@@ -88,6 +93,8 @@ class TransRecAttack(DecoderAttack):
     """TransRec decoder attack (ALGORITHMS §7.2)."""
 
     kind: ClassVar[str] = "transrec"
+    family_rank = 2  # ALGORITHMS §15: `--attacks strongest` tries resrec first
+    floor = {"SSIM": 0.8, "SRRA": 0.9}  # on `none` (quick, ORL), README "Attack strength floors"
 
     class Options(DecoderAttack.Options):
         where: ClassVar[str] = "attacks.transrec"

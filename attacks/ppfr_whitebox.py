@@ -332,6 +332,8 @@ class PpfrWhiteboxAttack(Attack):
     by a U-Net, or (``analytic=False``) a U-Net on simulated (masked, face) pairs. Applies only to
     defenses with a PPFR-FD mechanism. See the module docstring for what is recoverable."""
 
+    family = "analytic"  # ALGORITHMS §15 (white-box analytic); the representative where it applies
+    floor_note = "n/a on none (inverts PPFR-FD masks)"
 
     @dataclass
     class Options(Attack.Options):
@@ -475,10 +477,12 @@ class PpfrWhiteboxAttack(Attack):
 
     # -- U-Net (refiner or simulated-pairs decoder) ---------------------------------------------------
     def _unet(self, train_in: Tensor, train_x: Tensor, test_in: Tensor, ctx: Context,
-              residual: bool = False) -> tuple[Tensor, dict[str, float]]:
+              residual: bool = False,
+              held: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
         """Train a U-Net with L1 on ``(train_in, train_x)`` and apply it to ``test_in``.
         ``residual``: the inputs are analytic images in [0, 1] and the U-Net learns a correction
-        added to them (at initialisation it returns about the analytic image)."""
+        added to them (at initialisation it returns about the analytic image). ``held``: pairs
+        kept out of training, whose L1 after each epoch goes to the training curves."""
         o = self.options
         device = ctx.device
         out_c, H, W = train_x.shape[1:]
@@ -513,8 +517,19 @@ class PpfrWhiteboxAttack(Attack):
                 opt.step()
                 return {"l1": loss / 2}
 
+            def held_out() -> dict[str, float]:
+                # eval mode and no_grad: no BatchNorm statistic, weight or generator is touched
+                net.eval()
+                with torch.no_grad():
+                    h_in, h_x = held
+                    out = forward(norm(h_in).to(device), h_in)
+                    l1 = F.l1_loss(out, h_x.float().to(device) * 2 - 1) / 2
+                net.train()
+                return {"l1": float(l1)}
+
             losses = train_epochs(self.name, len(tr), o.epochs, o.batch_size, step,
-                                  ctx.generator(self.name, "shuffle"), ctx)
+                                  ctx.generator(self.name, "shuffle"), ctx,
+                                  held_out=held_out if held is not None else None)
             net.eval()
             both = torch.cat([te, test_in.float()], 1)
             k = te.shape[1]
@@ -540,7 +555,8 @@ class PpfrWhiteboxAttack(Attack):
         n_val = max(1, int(round(len(train_a) * o.holdout)))
         val, fit = order[:n_val], order[n_val:]
         both = torch.cat([train_a[val], test_a])
-        refined, losses = self._unet(train_a[fit], train_x[fit], both, ctx, residual=True)
+        refined, losses = self._unet(train_a[fit], train_x[fit], both, ctx, residual=True,
+                                     held=(train_a[val], train_x[val]))
         base = train_a[val].expand(-1, out_c, -1, -1) if train_a.shape[1] != out_c else train_a[val]
         l1_refined = float((refined[:n_val] - train_x[val]).abs().mean())
         l1_analytic = float((base - train_x[val]).abs().mean())

@@ -15,17 +15,21 @@
   in its gallery (gallery and query under different keys) by L2 nearest neighbour of the tail's
   embeddings: ``info["expected_recognition_acc"]`` (top-1), with ``info["chance_acc"]`` =
   1 / gallery identities, and ``info["raw_nn_acc"]`` (the same on the raw representations, no
-  tail). *Expected inversion* (the images): the ``token_rec`` decoder trained on pairs whose keys
-  are re-drawn every batch. On leaks without the XNN material (any other defense) it degrades to
-  ``token_rec`` on the leak's pairs; it declares ``n/a`` for defenses that are not ViT splits.
+  tail). ``run`` only embeds the probe; who its faces are is ground truth (``Leak.oracle``, never
+  handed to an attacker), so the accuracies are scored by :meth:`ExpectedAttack.diagnose`, which
+  the pipeline calls with the full leak after ``run`` (issue 20). *Expected inversion* (the
+  images): the ``token_rec`` decoder trained on pairs whose keys are re-drawn every batch. On
+  leaks without the XNN material (any other defense) it degrades to ``token_rec`` on the leak's
+  pairs; it declares ``n/a`` for defenses that are not ViT splits.
 - ``xnn_reorder``: §9's row/column nearest-neighbour reordering attack. The attacker's template
   is the mean clean token map of its public faces; each stolen map's rows (tokens) are assigned
   to template positions by minimum total L2 distance, features scaled by their public std
   (Hungarian; ``method="greedy"``: each row to its nearest free position in order of distance),
   then optionally its columns (features) likewise; the reordered maps are decoded by a ResRec
   decoder trained on clean public pairs.
-  ``info["token_order_acc"]``: the share of tokens put back in place, scored against the
-  deployment key when the leak carries it (white-box knowledge; used for scoring only).
+  ``info["token_order_acc"]``: the share of tokens put back in place, scored by
+  :meth:`ReorderAttack.diagnose` against the deployment key (``Leak.secrets`` of the full leak,
+  for either knowledge: scoring only, after ``run``).
   ``n/a`` for defenses that are not ViT splits.
 
 [ASSUMP] hyper-parameters (epochs, widths, lr) follow the §7.2 decoders' defaults.
@@ -151,6 +155,8 @@ class TokenRecAttack(Attack):
     """Token-space ResRec-style decoder (ALGORITHMS §7.2 on §9's token maps): order-free
     attention over the tokens, then the ResRec decoder."""
 
+    family, family_rank = "decoder", 3  # ALGORITHMS §15
+    floor = {"SSIM": 0.8, "SRRA": 0.9}  # on `none` (quick, ORL), README "Attack strength floors"
     Options = TokenOptions
 
     def run(self, leak: Leak, ctx: Context) -> Reconstruction:
@@ -252,7 +258,13 @@ class ExpectedAttack(Attack):
     """§9's expected attacks on XNN: expected recognition (top-1 restore-identification accuracy
     in ``info``) and expected inversion (the images), keys re-drawn every batch."""
 
+    family, family_rank = "decoder", 4  # ALGORITHMS §15: a decoder trained with re-drawn keys
+    floor_note = "n/a on none (ViT token-map defenses only)"
     Options = ExpectedOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._probe: dict[str, Tensor] | None = None  # run's probe embeddings, for diagnose
 
     def not_applicable(self, defense: Any) -> str | None:
         return _token_defense_only(self, defense)
@@ -275,21 +287,36 @@ class ExpectedAttack(Attack):
 
     def recognition(self, leak: Leak, mechanism: dict[str, Any], clean: Tensor | None,
                     rekey: Any, ctx: Context) -> dict[str, Any]:
-        """Expected recognition on the leak's identification probe (None where it has none)."""
+        """Expected recognition, the attacker's part: train its tail and embed the leak's
+        identification probe (kept for :meth:`diagnose`, which scores it). Returns the probe's
+        sizes (nothing where the leak has no probe)."""
         o = self.options
+        self._probe = None
         probe, labels = leak.extra.get("identification_probe"), leak.extra.get("train_labels")
         if probe is None or labels is None or "vit" not in mechanism:
-            return {"expected_recognition_acc": None, "chance_acc": None, "raw_nn_acc": None}
+            return {}
         inputs = clean if rekey is not None else leak.train_inputs
         tail = train_expected_tail(mechanism, inputs, labels, ctx, o.tail_epochs, o.tail_lr,
                                    o.tail_batch_size, rekey)
         embed = lambda r: F.normalize(predict(lambda c: tail(c.to(ctx.device)), r, 256))  # noqa: E731
         g, q = probe["gallery"], probe["query"]
-        gl, ql = probe["gallery_labels"], probe["query_labels"]
-        return {"expected_recognition_acc": identification_accuracy(embed(g), gl, embed(q), ql),
+        self._probe = {"gallery": embed(g), "query": embed(q)}
+        return {"n_query": len(q), "n_gallery": len(g)}
+
+    def diagnose(self, leak: Leak, recon: Reconstruction | None = None) -> dict[str, Any]:
+        """§9's restore-identification accuracy of the embeddings :meth:`recognition` made, scored
+        with the probe's test-identity labels (``leak.oracle``: the full leak, after ``run``;
+        None where the leak has no probe or the attack did not run on one)."""
+        probe = self._probe
+        truth = (leak.oracle or {}).get("identification_probe")
+        raw = leak.extra.get("identification_probe")
+        if probe is None or truth is None or raw is None:
+            return {"expected_recognition_acc": None, "chance_acc": None, "raw_nn_acc": None}
+        gl, ql = truth["gallery_labels"], truth["query_labels"]
+        return {"expected_recognition_acc": identification_accuracy(probe["gallery"], gl,
+                                                                    probe["query"], ql),
                 "chance_acc": 1.0 / max(1, len(gl.unique())),
-                "raw_nn_acc": identification_accuracy(g, gl, q, ql),
-                "n_query": len(q), "n_gallery": len(g)}
+                "raw_nn_acc": identification_accuracy(raw["gallery"], gl, raw["query"], ql)}
 
     def training_models(self, in_shape: tuple[int, ...],
                         image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:
@@ -362,7 +389,13 @@ class ReorderAttack(Attack):
     """§9's row/column nearest-neighbour reordering attack on permuted token maps, followed by a
     ResRec decoder trained on clean public pairs."""
 
+    family, family_rank = "analytic", 1  # ALGORITHMS §15: undoes the key structurally
+    floor_note = "n/a on none (ViT token-map defenses only)"
     Options = ReorderOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._pos: Tensor | None = None  # run's recovered token order, for diagnose
 
     def not_applicable(self, defense: Any) -> str | None:
         return _token_defense_only(self, defense)
@@ -385,9 +418,7 @@ class ReorderAttack(Attack):
                                       pub_tokens.std((0, 2)))
             restored = reorder(restored.transpose(1, 2), col).transpose(1, 2)
         info: dict[str, Any] = {"epochs": o.epochs, "knowledge": self.knowledge, "method": o.method}
-        perm = (leak.secrets or {}).get("perm")
-        if perm is not None and perm.shape[-1] == pos.shape[1]:  # scoring only (white-box leak)
-            info["token_order_acc"] = float((pos == perm.expand_as(pos)).float().mean())
+        self._pos = pos  # scored against the key by diagnose, never here
         # decode the restored maps with a ResRec trained on clean public pairs (§7.2)
         norm = Standardizer(public)
         device = ctx.device
@@ -399,6 +430,15 @@ class ReorderAttack(Attack):
         images = predict(lambda r: net(norm(r).to(device)), as_grid(restored), max(o.batch_size, 64))
         info["final_l1"] = losses.get("l1")
         return Reconstruction(images.clamp(0, 1), info=info)
+
+    def diagnose(self, leak: Leak, recon: Reconstruction | None = None) -> dict[str, Any]:
+        """``token_order_acc``: the share of tokens :meth:`run` put back in place, against the
+        deployment key of the full leak (``leak.secrets``; absent without a fixed key)."""
+        pos = self._pos
+        perm = (leak.secrets or {}).get("perm")
+        if pos is None or perm is None or perm.shape[-1] != pos.shape[1]:
+            return {}
+        return {"token_order_acc": float((pos == perm.expand_as(pos)).float().mean())}
 
     def training_models(self, in_shape: tuple[int, ...],
                         image_shape: tuple[int, int, int]) -> dict[str, ModelSpec]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,leaderboard,compare,new-defense}``.
+"""Command line: ``python -m bench {run,list,report,leaderboard,compare,claims,new-defense,pack,unpack}``.
 
 User mistakes (``BenchError``) print one line and exit with code 2, never a traceback.
 """
@@ -24,6 +24,8 @@ EPILOG = """examples:
   python -m bench compare results/runs/A results/runs/B --fail-on-regression
   python -m bench claims results/runs/A                 # the papers' claims against a run
   python -m bench new-defense my_defense                # a one-file defense plugin to fill in
+  python -m bench pack results/runs/<run-id> -o run.tar # the run and every stage it trained
+  python -m bench unpack run.tar --results results      # verify, then import stages and run
 """
 
 
@@ -38,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--defenses", default="none,ppfr_fd",
                      help="comma-separated defense names or wildcards, or 'all'")
-    run.add_argument("--attacks", default="cgan", help="comma-separated attack names, or 'all'")
+    run.add_argument("--attacks", default="cgan",
+                     help="comma-separated attack names, or 'all', or 'strongest' (per defense one "
+                          "representative of each attack family that applies: ALGORITHMS §15)")
     run.add_argument("--dataset", default=None, help="dataset loader (default: the preset's, orl)")
     run.add_argument("--data-root", default=None, help="dataset folder for on-disk datasets")
     run.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper (GPU recipe)")
@@ -66,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default="results", help="results folder (runs/ and cache/ go here)")
     run.add_argument("--run-id", default=None, help="run folder name (default: derived from the config)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="also write every stage's training curves live to TensorBoard event "
+                          "files under DIR (pip install 'faceprivbench[tensorboard]')")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the recognizers' backbones (recognizer.compile=true; worth "
                           "it on a GPU for long trainings, slower to start)")
@@ -91,14 +98,20 @@ def _parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     lb.add_argument("--results", default="results", help="results folder holding runs/")
     lb.add_argument("--output", default=None, help="where to write (default: <results>/leaderboard.csv)")
+    lb.add_argument("--add", action="append", default=[], metavar="FILE",
+                    help="first merge a results bundle from elsewhere (`pack --cells-only`): "
+                         "verified, its records checked against the schema; its rows say which "
+                         "bundle they came from (repeatable)")
 
     cmp = sub.add_parser("compare", help="differences of every setting and metric between two runs",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                         description="Prints B − A per defense × attack × metric with the p-value of "
-                                     "a bootstrap test over verification pairs / reconstruction "
-                                     "targets (paired when both runs used the same ones; Holm-"
-                                     "adjusted); '!' marks a significant change (adjusted p < 0.05), "
-                                     "'▼' a change that is worse for the defender (bench/compare.py).")
+                         description="Prints B − A per defense × attack × metric with its 95 % "
+                                     "interval and the p-value of a t-test over replicates (seeds × "
+                                     "folds; paired when both runs have the same ones; Holm-"
+                                     "adjusted; ≥ 3 replicates a side, or a same-settings "
+                                     "reproduction check on the same items); '!' marks a significant "
+                                     "change (adjusted p < 0.05), '▼' a change that is worse for the "
+                                     "defender (bench/reporting/compare.py).")
     cmp.add_argument("run_a", help="run folder or run id (the reference)")
     cmp.add_argument("run_b", help="run folder or run id (the candidate)")
     cmp.add_argument("--results", default="results", help="where run ids are looked up (runs/<id>)")
@@ -110,13 +123,34 @@ def _parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("claims", help="check the papers' directional claims (ALGORITHMS §12) "
                                        "against a run: evidence with intervals and a verdict each",
                         description="Each claim: holds / contradicted / inconclusive / not in this "
-                                    "run, from 95 % bootstrap intervals of the differences it "
-                                    "rests on (thresholds printed). Writes claims.json in the run "
-                                    "folder. Exit 0 whatever the verdicts unless --strict.")
+                                    "run, from 95 % intervals of the contrasts it rests on "
+                                    "(thresholds printed; ALGORITHMS §12.1: holds / contradicted "
+                                    "need ≥ 3 replicates, else the command that would decide it is "
+                                    "named). Writes claims.json in the run folder. Exit 0 whatever "
+                                    "the verdicts unless --strict.")
     cl.add_argument("run_dir", help="run folder or run id")
     cl.add_argument("--results", default="results", help="where run ids are looked up (runs/<id>)")
     cl.add_argument("--strict", action="store_true",
                     help="exit 1 when a claim present in the run is contradicted")
+
+    pk = sub.add_parser("pack", help="write one archive with a run's config, records, tables, "
+                                     "report and every stage its cells used (safetensors + JSON, "
+                                     "no pickle), with a manifest of hashes",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pk.add_argument("run", help="run folder or run id")
+    pk.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="archive to write (.tar; .tar.gz or .tgz compresses)")
+    pk.add_argument("--cells-only", action="store_true",
+                    help="records, tables and report only, no stages (a results bundle)")
+    pk.add_argument("--results", default="results", help="where run ids are looked up (the stages "
+                                                         "are read from the run's results folder)")
+
+    up = sub.add_parser("unpack", help="verify a bundle (hashes, sizes, paths, no pickles) and "
+                                       "import its stages into <results>/cache and its run into "
+                                       "<results>/runs",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    up.add_argument("bundle", help="a file written by `python -m bench pack`")
+    up.add_argument("--results", default="results", help="results folder to import into")
 
     new = sub.add_parser("new-defense", help="write a one-file defense plugin to fill in "
                                              "(registered with no other edit)")
@@ -146,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.reporting.build import build_report
     from bench.reporting.cells import load_cells
     from bench.reporting.tables import format_table, report_notes, table2
+    from bench.reporting.worst_case import underpowered_notes
 
     load_plugins()
     if args.jobs < 1:
@@ -173,11 +208,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             require_dlib()  # fail before any training when the extra is missing
     cfg = resolve(args.preset, args.set, extra)
     DATASETS.get(cfg.data.name)
-    defenses, attacks = DEFENSES.expand(args.defenses), ATTACKS.expand(args.attacks)
+    defenses = DEFENSES.expand(args.defenses)
+    attacks = _expand_attacks(args.attacks, defenses, cfg)
     for name in defenses:  # validate every option before any training starts
         DEFENSES.create(name, **_opts(cfg.defenses, name))
     for name in attacks:
         ATTACKS.create(name, **_opts(cfg.attacks, name))
+    if args.tensorboard is not None:
+        from bench.tensorboard import require_tensorboard
+
+        require_tensorboard()  # fail before any training when the extra is missing
     backend = BackendSpec(args.backend, args.address, args.connect_timeout)
     check_backend(backend)  # installed, and its --address answers: before anything trains
     if args.dry_run:  # after every check above, before anything is trained or written
@@ -189,15 +229,64 @@ def cmd_run(args: argparse.Namespace) -> int:
                           args.throughput_tflops))
         return 0
     run_dir = run_matrix(cfg, defenses, attacks, Path(args.results), args.run_id, args.jobs,
-                         progress=not args.no_progress, backend=backend, threads=args.threads)
+                         progress=not args.no_progress, backend=backend, threads=args.threads,
+                         tensorboard=Path(args.tensorboard) if args.tensorboard else None)
     written = build_report(run_dir)
     records = load_cells(run_dir)
     print(format_table(table2(records)))
-    for note in report_notes(records):
+    for note in report_notes(records) + underpowered_notes(records):  # §15 floors
         print(f"note: {note}")
     print(f"wrote {written['table2']}, {written.get('report_html', 'no report.html')} and "
           f"{run_dir / 'cells'}")
     return 0
+
+
+def strongest_attacks(defenses: list[str], cfg) -> tuple[list[str], dict[str, list[str]]]:  # noqa: ANN001
+    """``--attacks strongest`` (ALGORITHMS §15): for each defense, one representative of each
+    attack family that applies to it — the registered attacks (not variants, not oracle upper
+    bounds) of the family in ``family_rank`` order, the first whose ``not_applicable`` is None.
+    Returns the union (what the matrix runs: a cell whose attack does not apply to its defense is
+    recorded ``n/a`` with its reason, at no cost) and the per-defense picks."""
+    from bench.core.registry import ATTACKS, DEFENSES
+    from bench.pipeline import not_applicable
+    from bench.reporting.worst_case import FAMILIES
+
+    candidates: dict[str, list[tuple[int, str, object]]] = {f: [] for f in FAMILIES}
+    for name in ATTACKS.names():
+        entry = ATTACKS.get(name)
+        family = getattr(entry.factory, "family", "other")
+        if entry.options or family not in candidates:
+            continue  # variants fix options of a base attack that represents them
+        attack = ATTACKS.create(name, **_opts(cfg.attacks, name))
+        if getattr(attack, "uses_oracle", False):
+            continue  # an upper bound with ground truth, not an attacker
+        candidates[family].append((int(getattr(entry.factory, "family_rank", 0)), name, attack))
+    picks: dict[str, list[str]] = {}
+    for d in defenses:
+        defense = DEFENSES.create(d, **_opts(cfg.defenses, d))
+        defense.name = d
+        picks[d] = [next((n for _, n, a in sorted(candidates[f], key=lambda c: c[:2])
+                          if not_applicable(a, defense) is None), None) for f in FAMILIES]
+        picks[d] = [n for n in picks[d] if n is not None]
+    union = [n for f in FAMILIES for _, n, _ in sorted(candidates[f], key=lambda c: c[:2])
+             if any(n in p for p in picks.values())]
+    return union, picks
+
+
+def _expand_attacks(spec: str, defenses: list[str], cfg) -> list[str]:  # noqa: ANN001
+    """``--attacks``: registry names and wildcards, with ``strongest`` expanded per defense
+    (:func:`strongest_attacks`; the picks are printed)."""
+    from bench.core.registry import ATTACKS
+
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if "strongest" not in parts:
+        return ATTACKS.expand(spec)
+    union, picks = strongest_attacks(defenses, cfg)
+    for d, names in picks.items():
+        print(f"strongest: {d} → {', '.join(names)}")
+    rest = [p for p in parts if p != "strongest"]
+    out = union + [a for a in (ATTACKS.expand(rest) if rest else []) if a not in union]
+    return out
 
 
 def _opts(section: dict, name: str) -> dict:
@@ -212,6 +301,14 @@ def _summary(doc: str | None, width: int = 96) -> str:
     end = para.find(". ")
     text = para[:end + 1] if end >= 0 else para
     return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+
+
+def _strength(factory: type) -> str:
+    """An attack's ALGORITHMS §15 metadata for ``bench list``: family and strength floor."""
+    floor = getattr(factory, "floor", None) or {}
+    what = (", ".join(f"{m} ≥ {v:g}" for m, v in floor.items()) if floor
+            else getattr(factory, "floor_note", "") or "none stated")
+    return f"family {getattr(factory, 'family', 'other')}; floor on none (quick, ORL): {what}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -229,6 +326,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {name:24s}   variant: {fixed}")
                 continue
             print(f"  {name:24s} {_summary(entry.factory.__doc__)}")
+            if reg is ATTACKS:
+                print(f"  {'':24s}   {_strength(entry.factory)}")
     print("presets:", ", ".join(preset_names()))
     return 0
 
@@ -237,6 +336,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.reporting.build import build_report
     from bench.reporting.cells import load_cells
     from bench.reporting.tables import format_table, report_notes, table2
+    from bench.reporting.worst_case import underpowered_notes
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -244,7 +344,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = build_report(run_dir)
     records = load_cells(run_dir)
     print(format_table(table2(records)))
-    for note in report_notes(records):
+    for note in report_notes(records) + underpowered_notes(records):  # §15 floors
         print(f"note: {note}")
     for name, path in written.items():
         print(f"wrote {name:20s} {path}")
@@ -254,6 +354,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.reporting.leaderboard import write_leaderboard
 
+    if args.add:
+        from bench.bundle import submit
+
+        for bundle in args.add:
+            res = submit(Path(bundle), Path(args.results))
+            print(f"merged {bundle}: run {res.run_id}, {res.manifest.get('cells')} cells "
+                  f"→ {res.run_dir}")
     path, table = write_leaderboard(Path(args.results), Path(args.output) if args.output else None)
     print(f"wrote {path}: {len(table)} rows from {table['runs'].str.split(';').explode().nunique()} run(s)")
     return 0
@@ -271,13 +378,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_claims(args: argparse.Namespace) -> int:
     from bench.reporting.claims import format_claims, run_claims
     from bench.reporting.compare import resolve_run
+    from bench.rerun import deciding_command
 
     run_dir = resolve_run(args.run_dir, Path(args.results))
-    results = run_claims(run_dir)
+    results = run_claims(run_dir, deciding_command(run_dir))
     print(format_claims(results))
     print(f"wrote {run_dir / 'claims.json'}")
     contradicted = any(r.verdict == "contradicted" for r in results)
     return 1 if args.strict and contradicted else 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from bench.bundle import pack
+    from bench.reporting.compare import resolve_run
+
+    run_dir = resolve_run(args.run, Path(args.results))
+    res = pack(run_dir, Path(args.output), cells_only=args.cells_only)  # stages: its results' cache/
+    what = "records only" if args.cells_only else f"{res.stages} stage(s)"
+    print(f"wrote {res.path}: {res.size / 1e6:.1f} MB, {res.files} files ({what}, "
+          f"{res.run_files} run files) in {res.seconds:.1f} s")
+    if res.missing:
+        print(f"note: {len(res.missing)} stage(s) the cells used were not stored and are not in "
+              f"the bundle; a re-run recomputes them")
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from bench.bundle import unpack
+
+    res = unpack(Path(args.bundle), Path(args.results))
+    print(f"verified {res.files} files ({res.size / 1e6:.1f} MB) against the manifest")
+    if not res.cells_only:
+        print(f"imported {res.stages_imported} stage(s) into {Path(args.results) / 'cache'} "
+              f"({res.stages_present} already there)")
+    print(f"imported run {res.run_id} into {res.run_dir}")
+    print(f"tables and report: python -m bench report {res.run_dir}")
+    if not res.cells_only:
+        print(f"re-run it (every stage is reused): {res.command}")
+    return 0
 
 
 def cmd_new_defense(args: argparse.Namespace) -> int:
@@ -294,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "list": cmd_list, "report": cmd_report,
                 "leaderboard": cmd_leaderboard, "compare": cmd_compare, "claims": cmd_claims,
-                "new-defense": cmd_new_defense}[args.command](args)
+                "new-defense": cmd_new_defense, "pack": cmd_pack,
+                "unpack": cmd_unpack}[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

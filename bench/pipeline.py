@@ -9,12 +9,15 @@ harness version, a fingerprint of the modules that compute it: :mod:`bench.finge
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from bench import __version__
 from bench.config import RunConfig
 from bench.core.context import Context
-from bench.core.contract import Leak, Reconstruction
+from bench.core.contract import TEMPLATE_EXTRA, Leak, Reconstruction
 from bench.core.registry import ATTACKS, DATASETS, DEFENSES, Entry
+from bench.core.training import CurveLog, recording_curves
 from bench.data.facedata import FaceData
 from bench.environment import environment
 from bench.fingerprint import harness_fingerprint, plugin_fingerprint
@@ -88,11 +92,13 @@ def _load_data(data_json: str, seed: int) -> FaceData:
 class Pipeline:
     """Computes (or loads) every stage of a cell from a resolved config and an artifact store."""
 
-    def __init__(self, cfg: RunConfig, store: ArtifactStore, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, store: ArtifactStore, progress: bool = True,
+                 tensorboard: str | Path | None = None) -> None:
         load_plugins()
         self.cfg = cfg
         self.store = store
         self.progress = progress
+        self.tensorboard = tensorboard  # a folder: training curves also written live there
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
@@ -137,7 +143,7 @@ class Pipeline:
 
     def attack_leak_key(self, cell: Cell) -> str:
         """The leak an attack reads: the extended one when it ``requires`` structural entries."""
-        if getattr(ATTACKS.get(cell.attack).factory, "requires", ()):
+        if structural(ATTACKS.get(cell.attack).factory):
             return self.extended_leak_key(cell.seed, cell.defense)
         return self.leak_key(cell.seed, cell.defense)
 
@@ -159,14 +165,34 @@ class Pipeline:
     def data(self, seed: int) -> FaceData:
         return _load_data(json.dumps(dataclasses.asdict(self.cfg.data), sort_keys=True), seed)
 
+    def _fold(self) -> str:
+        """``_f<fold>`` under ``--folds`` (labels of live curves), else empty."""
+        return f"_f{self.cfg.data.fold}" if self.cfg.data.folds > 1 else ""
+
+    @contextlib.contextmanager
+    def curves(self, stage: str, label: str) -> Iterator[CurveLog]:
+        """Record the training curves of a stage being computed (each training loop's per-epoch
+        losses, :mod:`bench.core.training`); with ``tensorboard``, also write them live under
+        ``<tensorboard>/<stage>/<label>``."""
+        if self.tensorboard is None:
+            with recording_curves() as log:
+                yield log
+            return
+        from bench.tensorboard import TensorBoardSink
+
+        with TensorBoardSink(Path(self.tensorboard) / stage / label) as sink, \
+                recording_curves(sink) as log:
+            yield log
+
     def baseline(self, seed: int) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
             data, ctx, t0 = self.data(seed), self.context(seed), time.time()
-            model = train_recognizer(data.train, ctx, desc="baseline recognizer")
+            with self.curves("baseline", f"s{seed}{self._fold()}") as log:
+                model = train_recognizer(data.train, ctx, desc="baseline recognizer")
             accuracy = {v.name: verify(model, v) for v in data.verification}
             return {"model": model.cpu(), "accuracy": accuracy, "seconds": time.time() - t0,
                     "threads": torch.get_num_threads(), "host": socket.gethostname(),
-                    **self._thresholds(model, data)}
+                    "curves": log.curves, **self._thresholds(model, data)}
 
         return self.store.get_or_compute("baseline", self.baseline_key(seed), compute)
 
@@ -192,7 +218,10 @@ class Pipeline:
         def compute() -> Any:
             defense = DEFENSES.create(name, **plugin_options(self.cfg.defenses, name))
             defense.name = name
-            defense.fit(self.data(seed), self._baseline_ctx(seed))
+            data, ctx = self.data(seed), self._baseline_ctx(seed)
+            with self.curves("defense_fit", f"{name}_s{seed}{self._fold()}") as log:
+                defense.fit(data, ctx)
+            defense.fit_curves = log.curves  # kept with the fitted state (a defense is the stage)
             return defense
 
         return self.store.get_or_compute("defense_fit", self.fit_key(seed, name), compute)
@@ -201,12 +230,13 @@ class Pipeline:
         def compute() -> dict[str, Any]:
             defense, data, t0 = self.defense_fit(seed, name), self.data(seed), time.time()
             ctx = self._baseline_ctx(seed)
-            model = defense.train_recognizer(data, ctx)
+            with self.curves("defense_recognizer", f"{name}_s{seed}{self._fold()}") as log:
+                model = defense.train_recognizer(data, ctx)
             gen = ctx.generator("verify", name)
             accuracy = {v.name: verify(model, v, defense.test_encode, gen) for v in data.verification}
             return {"defense": defense, "model": model.cpu(), "accuracy": accuracy,
                     "seconds": time.time() - t0, "threads": torch.get_num_threads(),
-                    "host": socket.gethostname(),
+                    "host": socket.gethostname(), "curves": log.curves,
                     "record": getattr(defense, "record", {})}
 
         return self.store.get_or_compute("defense_recognizer", self.recognizer_key(seed, name), compute)
@@ -217,11 +247,26 @@ class Pipeline:
         (``extra["mechanism"]``) and, when the defense has deployment secrets (its
         :meth:`~defenses.base.Defense.attacker_copy` differs from it), the pairs a black-box
         attacker simulates with secrets of its own (``Leak.black_box``). The black-box pairs are
-        built by the copy alone: it never reads the deployment's key."""
+        built by the copy alone: it never reads the deployment's key.
+
+        ALGORITHMS §14 adds what identity-level attacks read: ``Leak.train_labels``, the
+        identities of the attacker's public faces (:func:`public_labels`), and the defended
+        recognizer F2's templates (:func:`templates`): ``extra["templates"]`` of the stolen faces
+        (``leak.targets``; a stolen template database) and ``extra["train_templates"]`` of the
+        attacker's public faces, computed with the deployment's encoding (white-box: the
+        attacker holds F2 and the secrets) and, for the black-box pairs, with the copy's."""
         def compute() -> Leak:
-            defense = self.defense_recognizer(seed, name)["defense"]
+            recog = self.defense_recognizer(seed, name)
+            defense = recog["defense"]
             data, ctx = self.data(seed), self._baseline_ctx(seed)
             leak = defense.leak(data, ctx)
+            leak.train_labels = public_labels(leak.train_targets, data.aux)
+            model = recog.get("model")
+            if model is not None:  # F2 where the defense ran; back on the CPU below
+                model = model.to(ctx.device)
+                gen = ctx.generator("templates", name)
+                leak.extra["templates"] = templates(model, defense, leak.targets, gen)
+                leak.extra["train_templates"] = templates(model, defense, leak.train_targets, gen)
             mechanism = defense.mechanism() if hasattr(defense, "mechanism") else None
             if mechanism is not None:
                 leak.extra.setdefault("mechanism", mechanism)
@@ -232,7 +277,13 @@ class Pipeline:
             if copy is not defense:
                 bb = copy.leak(data, ctx)
                 leak.black_box = {"train_inputs": bb.train_inputs,
-                                  "train_targets": bb.train_targets, "extra": dict(bb.extra)}
+                                  "train_targets": bb.train_targets, "extra": dict(bb.extra),
+                                  "train_labels": public_labels(bb.train_targets, data.aux)}
+                if model is not None:  # F2 on the attacker's own encoding (queries, §14)
+                    leak.black_box["extra"]["train_templates"] = templates(
+                        model, copy, bb.train_targets, ctx.generator("templates", name, "copy"))
+            if model is not None:
+                model.cpu()  # as the recognizer stage stores it
             return leak
 
         return self.store.get_or_compute("leak", self.leak_key(seed, name), compute)
@@ -266,15 +317,18 @@ class Pipeline:
                         "host": socket.gethostname()}
             t0 = time.time()
             knowledge = getattr(attack, "knowledge", "white_box")
-            leak = (self.extended_leak(cell.seed, cell.defense) if getattr(attack, "requires", ())
+            leak = (self.extended_leak(cell.seed, cell.defense) if structural(attack)
                     else self.leak(cell.seed, cell.defense))
             # only attacks that declare ``uses_oracle`` (upper bounds, labelled so) see Leak.oracle
-            recon = attack.run(leak.for_attacker(knowledge, oracle=bool(getattr(attack, "uses_oracle", False))),
-                               self.context(cell.seed, cell.attack))
+            attacker_leak = leak.for_attacker(knowledge,
+                                              oracle=bool(getattr(attack, "uses_oracle", False)))
+            with self.curves("attack", cell.id) as log:
+                recon = attack.run(attacker_leak, self.context(cell.seed, cell.attack))
             if hasattr(attack, "diagnose"):  # ground-truth scoring, after the reconstruction is fixed
                 recon.info.update(attack.diagnose(leak, recon))
             return {"status": "ok", "reconstruction": recon, "seconds": time.time() - t0,
-                    "threads": torch.get_num_threads(), "host": socket.gethostname()}
+                    "threads": torch.get_num_threads(), "host": socket.gethostname(),
+                    "curves": log.curves}
 
         return self.store.get_or_compute("attack", self.attack_key(cell), compute)
 
@@ -299,6 +353,12 @@ class Pipeline:
                 "hosts": {"baseline": base.get("host"), "defense_recognizer": recog.get("host"),
                           "attack": attack.get("host"), "measure": socket.gethostname()},
                 "environment": environment(self.device),
+                # per-epoch training losses of every stage the cell rests on (report.html plots
+                # them; an attack still improving at its last epoch is flagged "not converged")
+                "curves": {"baseline": base.get("curves", []),
+                           "defense_fit": getattr(recog["defense"], "fit_curves", []),
+                           "defense_recognizer": recog.get("curves", []),
+                           "attack": attack.get("curves", [])},
             }
             if attack["status"] == "ok":
                 leak = self.leak(cell.seed, cell.defense)
@@ -308,6 +368,19 @@ class Pipeline:
             return out
 
         return self.store.get_or_compute("measure", self.measure_key(cell), compute)
+
+    def stage_keys(self, cell: Cell) -> dict[str, str]:
+        """The key of every stage the cell rests on (what ``python -m bench pack`` bundles):
+        ``leak`` is the plain leak (measured against), ``attack_leak`` the one the attack read
+        when it is the extended leak."""
+        keys = {"baseline": self.baseline_key(cell.seed),
+                "defense_fit": self.fit_key(cell.seed, cell.defense),
+                "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),
+                "leak": self.leak_key(cell.seed, cell.defense),
+                "attack": self.attack_key(cell), "measure": self.measure_key(cell)}
+        if self.attack_leak_key(cell) != keys["leak"]:
+            keys["attack_leak"] = self.attack_leak_key(cell)
+        return keys
 
     def cell_record(self, cell: Cell, run_id: str) -> dict[str, Any]:
         """The JSON record of one cell (ARCHITECTURE "Results are data")."""
@@ -331,10 +404,25 @@ class Pipeline:
             "knowledge": self.attack_options(cell.attack).get("knowledge", "white_box"),
             "bn_recalibration": self.cfg.recognizer.bn_recalibration,
             **m,
-            "stage_keys": {"baseline": self.baseline_key(cell.seed),
-                           "defense_recognizer": self.recognizer_key(cell.seed, cell.defense),
-                           "measure": self.measure_key(cell)},
+            **attack_strength(cell, m),
+            "stage_keys": self.stage_keys(cell),
         }
+
+
+def attack_strength(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
+    """ALGORITHMS §15 metadata of a cell's attack: its ``attack_family``, its strength
+    ``attack_floor`` on ``none`` and, on a measured ``none`` cell, ``underpowered`` (a metric
+    under the floor) with ``floor_shortfall`` ``{metric: [value, floor]}``; ``underpowered`` is
+    None elsewhere (the floor is about the unprotected defense)."""
+    factory = ATTACKS.get(cell.attack).factory
+    floor = {k: float(v) for k, v in (getattr(factory, "floor", None) or {}).items()}
+    out: dict[str, Any] = {"attack_family": getattr(factory, "family", "other"),
+                           "attack_floor": floor, "underpowered": None}
+    if cell.defense.split(".")[0] == "none" and measured.get("status") == "ok" and floor:
+        check = getattr(factory, "floor_shortfall", None)
+        short = check(measured.get("privacy") or {}) if check is not None else {}
+        out.update(underpowered=bool(short), floor_shortfall=short)
+    return out
 
 
 def json_scalars(info: dict[str, Any], max_list: int = 64) -> dict[str, Any]:
@@ -362,6 +450,43 @@ def not_applicable(attack: Any, defense: Any) -> str | None:
     return None if ok else f"attack {getattr(attack, 'name', '?')} does not apply to this defense"
 
 
+def structural(attack: Any) -> bool:
+    """Whether an attack (class or instance) ``requires`` entries of the extended leak
+    (:meth:`~defenses.base.Defense.extend_leak`); F2's templates are in every leak."""
+    return any(k not in TEMPLATE_EXTRA for k in getattr(attack, "requires", ()))
+
+
+def public_labels(faces: torch.Tensor, aux: Any) -> torch.Tensor | None:
+    """The identity of each of the attacker's public faces ``faces`` (a leak's ``train_targets``,
+    rows of ``aux.images``, repeated or subset as a defense's simulation made them), found by
+    exact content (ALGORITHMS §14: the attacker owns its public faces and their labels). None when
+    the split has no labels or a face is not one of ``aux``'s."""
+    labels = getattr(aux, "labels", None)
+    images = getattr(aux, "images", None)
+    if labels is None or images is None or faces is None:
+        return None
+    if faces.shape == images.shape and torch.equal(faces, images):
+        return labels.clone()
+    index = {_row_key(x): int(y) for x, y in zip(images, labels)}
+    found = [index.get(_row_key(x)) for x in faces]
+    return None if any(f is None for f in found) else torch.tensor(found, dtype=torch.long)
+
+
+def _row_key(x: torch.Tensor) -> bytes:
+    import hashlib
+
+    return hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).digest()
+
+
+def templates(model: torch.nn.Module, defense: Any, faces: torch.Tensor | None,
+              gen: torch.Generator) -> torch.Tensor | None:
+    """F2's templates of ``faces``: the defended recognizer's unit embeddings of the defense's
+    test-time encoding, flip-averaged — what the deployment verifies with (§8) and stores."""
+    if faces is None:
+        return None
+    return embed(model, faces, defense.test_encode, gen)
+
+
 @functools.lru_cache(maxsize=2)
 def _lpips(weights: str | None) -> Any:
     from metrics.image import Lpips
@@ -371,12 +496,16 @@ def _lpips(weights: str | None) -> Any:
 
 def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
                     cfg: RunConfig) -> dict[str, Any]:
-    """S1–S4, SSIM/PSNR/MSE and SRRA of one cell (ALGORITHMS §8)."""
+    """S1–S4, SSIM/PSNR/MSE, SRRA and SRRA_other of one cell (ALGORITHMS §8, §14); the
+    ``link_*`` scores of an identity-level attack that reconstructs no image
+    (:func:`measure_linkage`)."""
     from metrics.identity import cosine, srra
     from metrics.image import mse, perceptual_distance, psnr, ssim
     from metrics.scores import raw_pp, s_identity, s_perceptual
 
     lp = _lpips(cfg.metrics.lpips_weights)
+    if recon.images is None:
+        return measure_linkage(leak, recon, perceptual_distance(leak.targets[:1], leak.targets[:1], lp)[1])
     f1 = base["model"]
     orig = leak.targets
     rec = _match_channels(recon.images.clamp(0, 1), orig)
@@ -402,6 +531,7 @@ def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
         "SSIM": ssim_t.tolist(), "PSNR": psnr_t.tolist(), "MSE": mse_t.tolist(),
         "SRRA": (cos >= base["tau"]).int().tolist(), "SRRA_far1e-3": (cos >= base["tau_far"]).int().tolist(),
     }
+    out["privacy"].update(srra_other_scores(e_rec, e_orig, leak.labels, base, out["per_target"]))
     out["targets_digest"] = tensor_digest(orig)
     if cfg.metrics.evaluator == "dlib":  # independent pretrained embedder (optional extra)
         from metrics.dlib_evaluator import independent_scores
@@ -415,6 +545,58 @@ def measure_privacy(leak: Leak, recon: Reconstruction, base: dict[str, Any],
     out["samples"] = {"original": to8(orig), "reconstruction": to8(rec),
                       "view": None if leak.views is None else to8(_match_channels(leak.views, orig))}
     return out
+
+
+def srra_other_scores(e_rec: torch.Tensor, e_orig: torch.Tensor, labels: torch.Tensor | None,
+                      base: dict[str, Any], per_target: dict[str, list]) -> dict[str, float]:
+    """``SRRA_other`` / ``SRRA_other_far1e-3`` (ALGORITHMS §14): each reconstruction against the
+    *other* photos of its person (:func:`metrics.identity.srra_other`), averaged over the targets
+    whose person has another photo; their per-target values go into ``per_target`` when every
+    target has one (a vector with holes could not be paired item by item)."""
+    from metrics.identity import srra_other
+
+    out: dict[str, float] = {}
+    for name, tau in (("SRRA_other", base["tau"]), ("SRRA_other_far1e-3", base["tau_far"])):
+        if labels is None:
+            out[name] = float("nan")
+            continue
+        v = srra_other(e_rec, e_orig, labels, tau)
+        ok = ~torch.isnan(v)
+        out[name] = float(v[ok].mean()) if ok.any() else float("nan")
+        if ok.all():
+            per_target[name] = v.tolist()
+    return out
+
+
+#: ALGORITHMS §14: the linkage scores a cell records (with the chance levels beside them).
+LINK_METRICS = ("link_verif_acc", "link_tar@far1e-3", "link_rank1", "link_rank5")
+LINK_CHANCE = ("link_chance", "link_chance5")
+
+
+def measure_linkage(leak: Leak, recon: Reconstruction, perceptual_name: str) -> dict[str, Any]:
+    """The record of an identity-level attack that reconstructs no image (ALGORITHMS §14): its
+    ``link_*`` scores (computed by its ``diagnose`` against the test identities) and chance
+    levels under ``privacy``, and per-item vectors for intervals and paired tests: per probe
+    ``link_rank1`` / ``link_rank5`` hits (probes whose person has another photo) and per pair
+    ``link_verif_acc`` outcomes. No image metric is measured (no image was made)."""
+    info = recon.info
+
+    def num(v: Any) -> float:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+    privacy = {k: num(info.get(k)) for k in LINK_METRICS + LINK_CHANCE}
+    per_target: dict[str, list] = {}
+    ranks = [int(r) for r in info.get("per_probe_rank") or [] if int(r) > 0]
+    if ranks:
+        per_target["link_rank1"] = [int(r <= 1) for r in ranks]
+        per_target["link_rank5"] = [int(r <= 5) for r in ranks]
+    if isinstance(info.get("per_pair_correct"), list):
+        per_target["link_verif_acc"] = [int(c) for c in info["per_pair_correct"]]
+    return {"perceptual_metric": perceptual_name, "lpips_unavailable_reason": None,
+            "privacy": privacy, "per_target": per_target,
+            "targets_digest": tensor_digest(leak.targets, torch.as_tensor(leak.labels))
+            if leak.labels is not None else tensor_digest(leak.targets),
+            "n_test": len(leak.targets)}
 
 
 def sample_indices(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor:

@@ -46,7 +46,8 @@ TRAIN_PASSES = 3.0  # forward + backward ≈ 3 forward passes
 ESTIMATE_NOTE = ("FLOPs: one-sample forward counted by torch FlopCounterMode on the model each "
                  "stage builds; training ≈ 3 × forward × images × epochs, evaluation 1 × forward "
                  "per image; defense extras included (adamixup policy + FRNet1, advface shadow + "
-                 "PGD, duetface client); transforms, LPIPS and I/O not counted.")
+                 "PGD, duetface client, the networks §13 defenses list); transforms, LPIPS and I/O "
+                 "not counted.")
 
 
 @dataclass
@@ -208,6 +209,8 @@ class Planner:
                                base_fwd * 2 * d.verification_images, 0.0, "no training")
         if isinstance(defense, DuetFace):
             return self._duetface(defense, d)
+        if hasattr(defense, "plan_models"):  # defenses that name the networks they train (§13)
+            return self._planned_models(defense, d)
         return self._trained_recognizer(defense, d)
 
     @staticmethod
@@ -242,6 +245,33 @@ class Planner:
         return self._parts(f"{model} + K-policy", params + p_params, 0.0,
                            train + self._eval(fwd, d), 0.0,
                            f"{d.n_train} imgs × {r.epochs} ep; + policy, FRNet1")
+
+    def _planned_models(self, defense: Any, d: DataSummary) -> Estimate:
+        """A defense that lists its networks (``plan_models``, e.g. the §13 defenses): per network
+        its parameters (those its stage trains), ``passes`` × one-sample forward × the training
+        images it states, and ``evaluated`` forwards per verification image (the precise-BN pass
+        too, for the recognizer stage) and per leaked (aux + test) image."""
+        key = ("planned", type(defense), repr(defense.options), d.image_shape, d.train_ids, d.n_train)
+        if key not in self._memo:
+            models = defense.plan_models(d.image_shape, self.rcfg, d.train_ids, d.n_train)
+            fwd: dict[int, int] = {}  # a network listed twice (frozen reuse) is counted once
+            rows = []
+            for name, m in models.items():
+                if id(m.module) not in fwd:
+                    fwd[id(m.module)] = forward_flops(m.module, m.input_shape) if m.input_shape else 0
+                rows.append((name, m, num_params(m.module) if m.trains else 0, fwd[id(m.module)]))
+            self._memo[key] = rows
+        parts = {"defense_fit": 0.0, "defense_recognizer": 0.0, "leak": 0.0}
+        evaluated = 2 * d.verification_images
+        for _, m, _, f in self._memo[key]:
+            parts[m.stage] += m.passes * f * m.images
+            parts["defense_recognizer"] += m.evaluated * f * evaluated
+            parts["leak"] += m.evaluated * f * (d.n_aux + d.n_test)
+            if m.stage == "defense_recognizer" and m.trains and m.passes:  # precise BN
+                parts["defense_recognizer"] += f * min(d.n_train, BN_RECALIBRATION_MAX_IMAGES)
+        label = " + ".join(f"{name} ({si(p)})" if p else name for name, _, p, _ in self._memo[key])
+        params = sum(p for _, _, p, _ in self._memo[key])
+        return Estimate(label, params, parts, f"{d.n_train} imgs; {self.cfg.recognizer.epochs} ep")
 
     def _duetface(self, defense: Any, d: DataSummary) -> Estimate:
         """Client MobileFaceNet pre-trained alone, then the server with the frozen client."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from bench.config import RecognizerConfig
 from bench.core.context import Context, global_rng_from
 from bench.core.errors import TrainingError
+from bench.core.training import record_epoch, start_curve
 from bench.data.facedata import FaceSource, VerificationSet, to_float
 
 
@@ -188,6 +189,7 @@ def _sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: Re
                 device: torch.device, workers: int) -> None:
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    curve = start_curve(desc, "sgd_epochs")  # the stage's training curves (bench.core.training)
     for epoch in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch)
@@ -207,6 +209,7 @@ def _sgd_epochs(params: list[nn.Parameter], step_loss: StepLoss, n: int, cfg: Re
         if not math.isfinite(mean):
             raise TrainingError(f"{desc}: loss became {mean} in epoch {epoch}; "
                                 "lower the learning rate (--set recognizer.lr=...)")
+        record_epoch(curve, epoch, {"loss": mean})
         bar.set_postfix(loss=f"{mean:.3f}")
 
 

@@ -9,7 +9,13 @@ then renamed over the final name, so a reader sees a finished file or none. Two 
 machines) computing the same stage at once both finish; the last rename wins and both files are
 whole, so the stage is valid either way.
 
-Loading never executes code from a file. A stage file is a :func:`torch.save` zip; it is read with
+Stages are written in the stage format of :mod:`bench.stageformat`: ``<key>.safetensors``, the
+tensors as safetensors and the rest as JSON naming allowed classes, no pickle (a format to take
+from strangers: ``python -m bench unpack``). Stores written before it hold ``<key>.pt`` files;
+those keep loading, through the safe unpickler below, and are replaced by the new format when the
+stage is next written.
+
+Loading never executes code from a file. A legacy stage file is a :func:`torch.save` zip; it is read with
 ``torch.load(weights_only=True)``, whose unpickler builds only tensors, containers and the globals
 it is given. Those are derived, per file and never from a hand list that goes stale, by
 :func:`safe_global`: a class *defined* in the harness packages (:data:`HARNESS_PACKAGES`) or in a
@@ -18,7 +24,8 @@ from (:data:`MODULE_PACKAGES`, any class of ``torch.nn``), and a few fixed numpy
 (:data:`_FIXED`). Functions are never allowed (so no ``os.system``, ``eval``, ``functools.partial``
 or harness function can be called); ``builtins.getattr`` is replaced by :func:`_nested_class`, which
 only looks up a nested class of an allowed class. A file naming anything else is refused like a
-damaged one: a warning, and the stage is recomputed (:meth:`ArtifactStore.get_or_compute`).
+damaged one: a warning, and the stage is recomputed (:meth:`ArtifactStore.get_or_compute`). The
+same :func:`safe_global` decides which classes a safetensors stage file may name.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from typing import Any, Callable
 import torch
 
 from bench import __version__
+from bench import stageformat
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -213,32 +221,61 @@ def safe_load(data: bytes) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+#: suffix of a stage file (:mod:`bench.stageformat`) and of the legacy pickle files still read
+STAGE_SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"
+
+
+def load_stage_bytes(data: bytes) -> Any:
+    """A stage from a stage file's bytes, classes admitted by :func:`safe_global` only."""
+    return stageformat.loads(data, safe_global)
+
+
 class ArtifactStore:
-    """``root/<stage>/<key>.pt`` files written by :func:`torch.save`, loaded safely
-    (:func:`safe_load`: no code from a file runs)."""
+    """``root/<stage>/<key>.safetensors`` files (:mod:`bench.stageformat`: tensors, and JSON naming
+    allowed classes; nothing in them runs). ``<key>.pt`` files of older stores are still read,
+    through :func:`safe_load`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def path(self, stage: str, key: str) -> Path:
-        return self.root / stage / f"{key}.pt"
+        return self.root / stage / f"{key}{STAGE_SUFFIX}"
+
+    def legacy_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / f"{key}{LEGACY_SUFFIX}"
+
+    def stored_path(self, stage: str, key: str) -> Path | None:
+        """The file holding the stage (the stage format first, then a legacy pickle), or None."""
+        for path in (self.path(stage, key), self.legacy_path(stage, key)):
+            if path.is_file():
+                return path
+        return None
 
     def has(self, stage: str, key: str) -> bool:
-        return self.path(stage, key).is_file()
+        return self.stored_path(stage, key) is not None
 
-    def save(self, stage: str, key: str, obj: Any) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
-        refused = unsafe_globals(data)
-        if refused:  # kept (this run uses the object in memory) but no later run can load it
-            warnings.warn(f"stage {stage} holds {', '.join(refused)}, which safe loading refuses: "
-                          f"it will be recomputed on every run; store modules, tensors and "
-                          f"harness classes only (bench/store.py)")
+    def save(self, stage: str, key: str, obj: Any) -> bool:
+        """Store ``obj`` as the stage; False (with a warning, nothing written) when the stage
+        format cannot hold it — the run goes on with the object in memory and a later run
+        recomputes the stage."""
+        try:
+            data = stageformat.dumps(obj, safe_global)
+        except stageformat.UnstorableError as exc:
+            warnings.warn(f"stage {stage} cannot be stored ({exc}): it will be recomputed on "
+                          f"every run; store modules, tensors and harness classes only "
+                          f"(bench/stageformat.py)")
+            return False
         atomic_write_bytes(self.path(stage, key), data)
+        self.legacy_path(stage, key).unlink(missing_ok=True)  # superseded by the new file
+        return True
 
     def load(self, stage: str, key: str) -> Any:
-        return safe_load(self.path(stage, key).read_bytes())
+        path = self.stored_path(stage, key)
+        if path is None:
+            raise FileNotFoundError(f"no stored {stage} stage {key}")
+        data = path.read_bytes()
+        return safe_load(data) if path.suffix == LEGACY_SUFFIX else load_stage_bytes(data)
 
     def get_or_compute(self, stage: str, key: str, compute: Callable[[], Any]) -> Any:
         """Load the stage if stored (recomputing a damaged or unsafe file), else compute and store it."""

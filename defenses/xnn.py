@@ -36,8 +36,11 @@ half of ``aux`` (:func:`~defenses.feature_split.split_aux`, as the other feature
 white-box pairs with the deployment's key, black-box pairs with keys drawn per face
 (``Leak.black_box``). ``Leak.extra`` also carries what §9's privacy evaluation needs: the
 public faces' identity labels and clean client features (black-box queries of the client front),
-and an identification probe over the test faces (gallery and query encoded under different keys;
-used only to *score* the expected-recognition attack, :mod:`attacks.xnn_attacks`).
+and an identification probe over the test faces (gallery and query encoded under different keys,
+the stolen encodings only). Who the probe's faces are (their test-identity labels) is ground
+truth, kept in ``Leak.oracle["identification_probe"]``, which no attacker receives; the
+expected-recognition attack is scored with it after it ran (``diagnose``,
+:mod:`attacks.xnn_attacks`).
 """
 from __future__ import annotations
 
@@ -253,14 +256,18 @@ class ViTSplitDefense(Defense):
         inputs = batches(lambda c: self.test_encode(c, gen), data.test.images)
         extra = {"train_labels": public.labels.clone(), "clean_train_inputs": clean,
                  "token_grid": tuple(self.vit_cfg.grid)}
+        oracle: dict[str, Any] = {}
         if self.with_probe:
             gallery, query = probe_split(data.test.labels)
+            # the stolen encodings only: who the test faces are is ground truth for scoring
+            # (issue 20), in ``oracle``, which :meth:`Leak.for_attacker` removes
             extra["identification_probe"] = {
                 "gallery": batches(lambda c: self.probe_encode(c, gen, False), data.test.images[gallery]),
-                "query": batches(lambda c: self.probe_encode(c, gen, True), data.test.images[query]),
-                "gallery_labels": data.test.labels[gallery], "query_labels": data.test.labels[query]}
+                "query": batches(lambda c: self.probe_encode(c, gen, True), data.test.images[query])}
+            oracle["identification_probe"] = {"gallery_labels": data.test.labels[gallery],
+                                              "query_labels": data.test.labels[query]}
         return Leak(train_inputs, public.images, inputs, data.test.images, data.test.labels,
-                    views=None, extra=extra)
+                    views=None, extra=extra, oracle=oracle)
 
     def mechanism(self) -> dict[str, Any] | None:
         """Public description: the split ViT's architecture (the attacker's tail copies it)."""

@@ -19,6 +19,9 @@ __all__ = [
     "threshold_at_far",
     "cosine_threshold_from_distance",
     "srra",
+    "srra_other",
+    "identification_ranks",
+    "label_pairs",
     "ROC_THRESHOLDS",
     "VAL_THRESHOLDS",
 ]
@@ -211,3 +214,70 @@ def srra(
     if a.shape[0] == 0:
         return math.nan
     return float((cosine(a, b) >= tau_cos).double().mean())
+
+
+def srra_other(recon_emb: torch.Tensor, orig_emb: torch.Tensor, labels: torch.Tensor,
+               tau_cos: float) -> torch.Tensor:
+    """Per target, the share of the *other* photos of the same person that accept its
+    reconstruction: ``mean_{j ≠ i, y_j = y_i} [cos(FR(x̂_i), FR(x_j)) ≥ τ]`` (ALGORITHMS §14,
+    NbNet's "other-image" TAR). NaN for a target whose person has no other photo; the cell's
+    ``SRRA_other`` is the mean over the others."""
+    a = torch.nn.functional.normalize(torch.as_tensor(recon_emb).double(), dim=1)
+    b = torch.nn.functional.normalize(torch.as_tensor(orig_emb).double(), dim=1)
+    y = torch.as_tensor(labels).reshape(-1)
+    if len(a) != len(b) or len(a) != len(y):
+        raise ValueError(f"srra_other: {len(a)} reconstructions, {len(b)} originals, {len(y)} labels")
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool)
+    accepted = ((a @ b.T) >= tau_cos) & same
+    n_other = same.sum(1)
+    out = accepted.sum(1).double() / n_other.clamp_min(1)
+    return torch.where(n_other > 0, out, torch.full_like(out, math.nan))
+
+
+def identification_ranks(probe_emb: torch.Tensor, probe_labels: torch.Tensor,
+                         gallery_emb: torch.Tensor, gallery_labels: torch.Tensor,
+                         exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Closed-set identification (ALGORITHMS §14 linkage): for each probe the rank (1 = first) of
+    its true identity among the gallery identities, each identity scored by its best-matching
+    gallery photo (max cosine) [ASSUMP]; an identity scoring as high as the true one counts as
+    ahead of it (ties are not wins). ``exclude[i]`` (optional): a gallery index probe ``i``
+    may not use (its own photo: the gallery holds *other* photos of the person). Probes whose
+    identity has no usable gallery photo get rank 0 (not rankable). Returns ``(ranks,
+    n_identities)``; chance of rank ≤ k is ``min(k, n_identities) / n_identities``."""
+    p = torch.nn.functional.normalize(torch.as_tensor(probe_emb).double(), dim=1)
+    g = torch.nn.functional.normalize(torch.as_tensor(gallery_emb).double(), dim=1)
+    py, gy = torch.as_tensor(probe_labels).reshape(-1), torch.as_tensor(gallery_labels).reshape(-1)
+    ids = gy.unique()
+    sim = p @ g.T  # [P, G]
+    if exclude is not None:
+        rows = torch.arange(len(p))
+        keep = exclude >= 0
+        sim[rows[keep], exclude[keep]] = -math.inf
+    # identity score: the best gallery photo of each identity → [P, I] (one identity at a time:
+    # a [P, I, G] tensor would not fit at paper scale)
+    scores = torch.stack([sim[:, gy == c].amax(1) for c in ids], 1)
+    truth = (py[:, None] == ids[None, :])
+    true_score = torch.where(truth, scores, torch.full_like(scores, -math.inf)).amax(1)
+    # ties count against the probe: a constant embedding must not rank every probe first
+    ranks = 1 + ((scores >= true_score[:, None]) & ~truth).sum(1)
+    rankable = torch.isfinite(true_score)
+    return torch.where(rankable, ranks, torch.zeros_like(ranks)), int(len(ids))
+
+
+def label_pairs(labels: torch.Tensor, max_pairs: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Verification pairs over a labelled set (ALGORITHMS §14 ``link_verif_acc``): every
+    same-identity pair (or ``max_pairs // 2`` drawn from them) and as many different-identity
+    pairs drawn uniformly, in a random order so the unshuffled 10 folds of §8 mix both.
+    Returns ``(pairs [n, 2], issame [n])``."""
+    y = torch.as_tensor(labels).reshape(-1)
+    i, j = torch.triu_indices(len(y), len(y), offset=1)
+    same = y[i] == y[j]
+    genuine = torch.stack([i[same], j[same]], 1)
+    impostor = torch.stack([i[~same], j[~same]], 1)
+    n = min(len(genuine), len(impostor), max(1, max_pairs // 2))
+    genuine = genuine[torch.randperm(len(genuine), generator=gen)[:n]]
+    impostor = impostor[torch.randperm(len(impostor), generator=gen)[:n]]
+    pairs = torch.cat([genuine, impostor])
+    issame = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+    order = torch.randperm(len(pairs), generator=gen)
+    return pairs[order], issame[order]

@@ -65,7 +65,9 @@ def leak_for(in_shape: tuple[int, int, int], n_train: int = 12, n_test: int = 5,
 
 #: Attacks that run on any leak of (representation, image) pairs; structural ones (``requires``)
 #: are exercised on their own leaks in their test files, and below on a leak that lacks them.
-GENERIC = [n for n in ATTACKS.names() if not ATTACKS.get(n).factory.requires]
+#: Identity-level attacks that return no image (linkage) are tested in their own files.
+GENERIC = [n for n in ATTACKS.names() if not ATTACKS.get(n).factory.requires
+           and ATTACKS.get(n).factory.reconstructs]
 STRUCTURAL = [n for n in ATTACKS.names() if ATTACKS.get(n).factory.requires]
 
 

@@ -156,6 +156,6 @@ def test_a_finished_matrix_starts_no_engine(tmp_path, monkeypatch):
 
     run(tmp_path, BackendSpec("loky"), 1)
     monkeypatch.setattr(backends.Session, "open", lambda self: pytest.fail("an engine started"))
-    stored = {p: p.stat().st_mtime_ns for p in ArtifactStore(tmp_path / "cache").root.rglob("*.pt")}
+    stored = {p: p.stat().st_mtime_ns for p in ArtifactStore(tmp_path / "cache").root.rglob("*.safetensors")}
     run(tmp_path, BackendSpec("ray"), 2)
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == stored
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == stored

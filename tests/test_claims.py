@@ -1,22 +1,48 @@
-"""`bench claims`: every §12 claim gets a verdict from intervals of the differences it rests on."""
+"""`bench claims`: every §12 claim gets a verdict from replicate-level intervals (§12.1).
+
+Synthetic cells: each seed is one trained model (a per-seed offset, the training noise) judged on
+its items (per-pair Bernoulli outcomes, per-target SSIM). Each claim is tested with cells that must
+hold, be contradicted and be inconclusive."""
 from __future__ import annotations
 
 import json
 import math
+import zlib
 
+import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.reporting.claims import THRESHOLDS, check_claims, judge
+from bench.reporting.claims import THRESHOLDS, check_claims, interval_verdict, judge
 from bench.reporting.stats import Interval
 from tests.item_records import item_record, write_run
+
+SEEDS = (0, 1, 2)
 
 
 def _by_number(results):
     return {r.number: r for r in results}
 
 
-@pytest.mark.parametrize("low, high, side, t, verdict", [
+def cells(defense, attack="cgan", *, acc, ssim, seeds=SEEDS, sd_acc=0.005, sd_ssim=0.005,
+          raw_pp=None, **kw):
+    """One cell per seed whose accuracy and SSIM move by a per-seed offset (training noise)."""
+    out = []
+    for s in seeds:
+        rng = np.random.default_rng(zlib.crc32(repr((defense, attack, s)).encode()))
+        rec = item_record(defense, attack, s, acc=acc + rng.normal(0, sd_acc),
+                          ssim=ssim + rng.normal(0, sd_ssim), **kw)
+        if raw_pp is not None:
+            rec["privacy"]["raw_pp"] = raw_pp + rng.normal(0, 0.005)
+        out.append(rec)
+    return out
+
+
+def verdict(records, number):
+    return _by_number(check_claims(records))[number]
+
+
+@pytest.mark.parametrize("low, high, side, t, expected", [
     (12, 20, -1, 10, "contradicted"),  # B − A in [12, 20] but the claim says B − A < −10
     (-20, -12, -1, 10, "holds"),
     (-14, -6, -1, 10, "inconclusive"),  # straddles the threshold
@@ -24,26 +50,12 @@ def _by_number(results):
     (1, 3, +1, 0, "holds"),
     (math.nan, math.nan, +1, 0, "inconclusive"),  # no interval, no verdict either way
 ])
-def test_judge(low, high, side, t, verdict):
-    assert judge(Interval(0.0, math.nan, low, high, 1), side, t) == verdict
-
-
-def test_peep_claim_holds_is_contradicted_or_inconclusive_by_the_numbers(tmp_path):
-    # one draw per pair shared by both defenses: their outcomes on a pair are correlated, as
-    # two recognizers judged on the same (easy or hard) pair are
-    ppfr = item_record("ppfr_fd", "cgan", 0, acc=0.80, ssim=0.4, items_seed=7)
-    far = _by_number(check_claims([ppfr, item_record("dp_peep", "cgan", 0, acc=0.49, ssim=0.3,
-                                                      items_seed=7)]))
-    assert far[5].verdict == "holds"
-    ev = far[5].evidence[0]
-    assert ev.test == "paired bootstrap"  # same pairs in one run and seed
-    assert ev.high < -THRESHOLDS["far_accuracy"]
-    near = _by_number(check_claims([ppfr, item_record("dp_peep", "cgan", 0, acc=0.79, ssim=0.3,
-                                                       items_seed=7)]))
-    assert near[5].verdict == "contradicted"
-    few = [item_record(d, "cgan", 0, acc=a, ssim=0.4, n_pairs=40) for d, a in
-           (("ppfr_fd", 0.80), ("dp_peep", 0.70))]
-    assert _by_number(check_claims(few))[5].verdict == "inconclusive"
+def test_judge_needs_three_replicates(low, high, side, t, expected):
+    assert interval_verdict(Interval(0.0, math.nan, low, high, 1), side, t) == expected
+    assert judge(Interval(0.0, math.nan, low, high, 300, 3), side, t) == expected
+    for r, word in ((1, "replicate"), (2, "replicates")):
+        few = judge(Interval(0.0, math.nan, low, high, 300, r), side, t)
+        assert few == f"inconclusive ({r} {word})"
 
 
 def test_claims_without_their_cells_are_not_in_the_run():
@@ -52,45 +64,255 @@ def test_claims_without_their_cells_are_not_in_the_run():
     assert all(r.verdict == "not in this run" and not r.evidence for r in res.values())
 
 
-def test_accuracy_falls_with_k_pools_the_k_groups():
-    recs = [item_record(f"masking_mixup.k{k}", "cgan", 0, acc=a, ssim=0.3, items_seed=3)
-            for k, a in ((2, 0.85), (3, 0.84), (4, 0.70), (5, 0.68), (6, 0.66))]
-    res = _by_number(check_claims(recs))
-    assert res[2].verdict == "holds", res[2].evidence
-    assert "k2 " in res[2].notes[0] and "k6 " in res[2].notes[0]
-    flat = [item_record(f"masking_mixup.k{k}", "cgan", 0, acc=0.8, ssim=0.3, items_seed=3)
-            for k in (2, 3, 4, 5, 6)]
-    assert _by_number(check_claims(flat))[2].verdict == "contradicted"  # no sharp fall
+# -- claim 1 ------------------------------------------------------------------------------------------
+def _families(fd_minus_rgb, families=("mixup", "instahide"), seeds=SEEDS):
+    out = []
+    for fam in families:
+        out += cells(f"{fam}_rgb", acc=0.70, ssim=0.5, seeds=seeds, n_pairs=1000)
+        out += cells(f"{fam}_fd", acc=0.70 + fd_minus_rgb, ssim=0.5, seeds=seeds, n_pairs=1000)
+    return out
+
+
+def test_claim1_holds_is_contradicted_or_incomplete():
+    assert verdict(_families(0.15), 1).verdict == "holds"
+    assert verdict(_families(-0.15), 1).verdict == "contradicted"
+    one = verdict(_families(0.15, families=("mixup",)), 1)
+    assert one.verdict == "inconclusive" and one.evidence[0].verdict == "holds"
+    assert "instahide_rgb,instahide_fd" in one.notes[0]
+
+
+def test_claim1_on_one_seed_is_inconclusive_and_names_the_command():
+    res = verdict(_families(0.15, seeds=(0,)), 1)
+    assert res.verdict == "inconclusive (1 replicate)"
+    assert all(e.leaning == "holds" for e in res.evidence)  # the item intervals alone say holds
+    assert "--seeds 0,1,2" in res.decide
+
+
+# -- claim 2 ------------------------------------------------------------------------------------------
+def _masking(accs, seeds=SEEDS, **kw):
+    return [r for k, a in accs.items()
+            for r in cells(f"masking_mixup.k{k}", acc=a, ssim=0.3, seeds=seeds, n_pairs=2000, **kw)]
+
+
+def test_claim2_holds_on_a_sharp_fall_from_k4():
+    res = verdict(_masking({2: 0.86, 3: 0.85, 4: 0.70, 5: 0.68, 6: 0.66}), 2)
+    assert res.verdict == "holds", [e.line() for e in res.evidence]
+    assert [e.what for e in res.evidence] == ["trend", "sharp step", "step beyond the others"]
+    assert "k2 " in res.notes[0] and "k6 " in res.notes[0]
+
+
+def test_claim2_pooling_k_groups_is_not_enough():
+    # the review's counter-example: k ≥ 4 pooled is far below k ≤ 3 (only k = 6 fell), but from
+    # k3 to k4 accuracy rises: not "sharply from k = 4"
+    res = verdict(_masking({2: 0.860, 3: 0.847, 4: 0.847, 5: 0.873, 6: 0.523}), 2)
+    assert res.verdict == "contradicted"
+    step = next(e for e in res.evidence if e.what == "sharp step")
+    assert step.verdict == "contradicted" and step.low > -THRESHOLDS["sharply"]
+
+
+def test_claim2_flat_accuracy_is_contradicted_and_two_seeds_inconclusive():
+    flat = {k: 0.8 for k in (2, 3, 4, 5, 6)}
+    assert verdict(_masking(flat), 2).verdict == "contradicted"  # no sharp fall
+    two = verdict(_masking({2: 0.86, 3: 0.85, 4: 0.70, 5: 0.68, 6: 0.66}, seeds=(0, 1)), 2)
+    assert two.verdict == "inconclusive (2 replicates)"
+
+
+def test_claim2_without_k3_or_k4_is_at_most_inconclusive():
+    res = verdict(_masking({2: 0.86, 5: 0.68, 6: 0.66}), 2)
+    assert res.evidence[0].verdict == "holds" and res.verdict == "inconclusive"
+    assert "k3 and masking_mixup.k4" in res.notes[-1]
+
+
+# -- claim 3 ------------------------------------------------------------------------------------------
+def _privacy(raw_by_k, seeds=SEEDS):
+    return [r for k, raw in raw_by_k.items()
+            for r in cells(f"masking_mixup.k{k}", acc=0.8, ssim=0.3, raw_pp=raw, seeds=seeds)]
+
+
+def test_claim3_is_a_trend_of_raw_pp_over_k():
+    rising = verdict(_privacy({2: 0.50, 3: 0.55, 4: 0.62, 5: 0.66}), 3)
+    assert rising.verdict == "holds" and rising.evidence[0].metric.startswith("raw_pp")
+    assert len(rising.evidence) == 1  # one slope, not a verdict per step
+    assert verdict(_privacy({2: 0.66, 3: 0.62, 4: 0.55, 5: 0.50}), 3).verdict == "contradicted"
+    two = verdict(_privacy({2: 0.50, 3: 0.55, 4: 0.62, 5: 0.66}, seeds=(0, 1)), 3)
+    assert two.verdict == "inconclusive (2 replicates)"
+
+
+def test_claim3_falls_back_to_ssim_with_one_replicate():
+    res = verdict(_privacy({2: 0.50, 3: 0.55, 4: 0.62}, seeds=(0,)), 3)
+    assert res.evidence[0].metric.startswith("SSIM") and "raw_pp has no interval" in res.notes[0]
+    assert res.verdict == "inconclusive (1 replicate)"
+
+
+# -- claim 4 ------------------------------------------------------------------------------------------
+def _adamixup(ada_acc, shares):
+    recs = _masking({2: 0.86, 3: 0.85})
+    ada = cells("adamixup.k2-6", acc=ada_acc, ssim=0.3, n_pairs=2000)
+    for rec, share in zip(ada, shares):
+        rest = (1 - share) / 2
+        rec["record"] = {"k_share": {"2": rest, "3": rest, "4": share / 3, "5": share / 3,
+                                     "6": share / 3}}
+    return recs + ada
+
+
+def test_claim4_holds_and_is_contradicted():
+    assert verdict(_adamixup(0.85, (0.50, 0.52, 0.48)), 4).verdict == "holds"
+    low_acc = verdict(_adamixup(0.70, (0.50, 0.52, 0.48)), 4)
+    assert low_acc.verdict == "contradicted" and low_acc.evidence[0].verdict == "contradicted"
+    assert verdict(_adamixup(0.85, (0.10, 0.12, 0.11)), 4).verdict == "contradicted"
+
+
+def test_claim4_uses_every_seeds_k_shares():
+    # seed 0 chose k ≥ 4 half of the time, seeds 1 and 2 rarely: the first record alone would
+    # say "large share"; over the three seeds it is not established
+    res = verdict(_adamixup(0.85, (0.50, 0.10, 0.11)), 4)
+    share = next(e for e in res.evidence if e.metric == "k_share")
+    assert share.delta == pytest.approx((0.50 + 0.10 + 0.11) / 3)
+    assert share.verdict == "inconclusive" and res.verdict == "inconclusive"
+
+
+# -- claim 6 ------------------------------------------------------------------------------------------
+BASELINES = ("random_feature", "dp_feature", "duetface")
+
+
+def _advface(adv_ssim, bases=BASELINES):
+    recs = cells("advface", "resrec", acc=0.9, ssim=adv_ssim)
+    for b in bases:
+        recs += cells(b, "resrec", acc=0.9, ssim=0.8)
+    return recs
+
+
+def test_claim6_holds_contradicted_and_incomplete():
+    res = verdict(_advface(0.25), 6)
+    assert res.verdict == "holds" and len(res.evidence) == 9  # 3 baselines × SSIM, PSNR, SRRA
+    assert all(e.metric.endswith("(resrec)") for e in res.evidence)
+    assert verdict(_advface(0.78), 6).verdict == "contradicted"  # no cut at all
+    part = verdict(_advface(0.25, bases=("random_feature",)), 6)
+    assert part.verdict == "inconclusive" and "dp_feature,duetface" in part.notes[0]
+
+
+# -- claim 7 ------------------------------------------------------------------------------------------
+def _advface_cost(online, offline, plain=0.90):
+    kw = dict(ssim=0.3, n_pairs=6000, sd_acc=0.002, seeds=range(5))
+    return (cells("plain_feature", "resrec", acc=plain, **kw) + cells("advface", "resrec", acc=online, **kw)
+            + cells("advface.offline", "resrec", acc=offline, **kw))
+
+
+def test_claim7_online_cost_and_offline_recovery():
+    ok = verdict(_advface_cost(online=0.87, offline=0.90), 7)
+    assert ok.verdict == "holds", [e.line() for e in ok.evidence]
+    # offline recovers only a quarter of online's cost: not "most of it"
+    partial = verdict(_advface_cost(online=0.80, offline=0.825), 7)
+    assert partial.evidence[1].verdict == "contradicted"
+    assert verdict(_advface_cost(online=0.80, offline=0.90), 7).evidence[0].verdict == "contradicted"
+
+
+# -- claim 8 ------------------------------------------------------------------------------------------
+def _transfer(adv_ssim):
+    recs = []
+    for attack in ("resrec", "urec"):
+        recs += cells("plain_feature", attack, acc=0.9, ssim=0.8) + cells("advface", attack,
+                                                                          acc=0.9, ssim=adv_ssim)
+    return recs
+
+
+def test_claim8_holds_for_every_attacker_or_is_contradicted():
+    res = verdict(_transfer(0.3), 8)
+    assert res.verdict == "holds" and {e.metric for e in res.evidence} == {"SSIM (resrec)",
+                                                                            "SSIM (urec)"}
+    assert verdict(_transfer(0.79), 8).verdict == "contradicted"
+    one = verdict([r for r in _transfer(0.3) if r["seed"] == 0], 8)
+    assert one.verdict == "inconclusive (1 replicate)"
+
+
+# -- claims 5, 9, 10 ----------------------------------------------------------------------------------
+def test_peep_claim_holds_is_contradicted_or_inconclusive():
+    ppfr = cells("ppfr_fd", acc=0.80, ssim=0.4, n_pairs=2000)
+    assert verdict(ppfr + cells("dp_peep", acc=0.49, ssim=0.3, n_pairs=2000), 5).verdict == "holds"
+    res = verdict(ppfr + cells("dp_peep", acc=0.79, ssim=0.3, n_pairs=2000), 5)
+    assert res.verdict == "contradicted" and res.evidence[0].test == "paired t over 3 replicates"
+    one = verdict([item_record("ppfr_fd", "cgan", 0, acc=0.80, ssim=0.4, items_seed=7),
+                   item_record("dp_peep", "cgan", 0, acc=0.49, ssim=0.3, items_seed=7)], 5)
+    assert one.verdict == "inconclusive (1 replicate)" and one.evidence[0].leaning == "holds"
+    assert one.evidence[0].test.startswith("paired bootstrap")  # same pairs: paired over items
 
 
 def test_hybrid_claim_uses_the_ssim_proxy_with_one_replicate():
     recs = [item_record("ppfr_fd", "cgan", 0, acc=0.8, ssim=0.45),
             item_record("masking_mixup.k3", "cgan", 0, acc=0.8, ssim=0.30),
             item_record("masking_mixup.k4", "cgan", 0, acc=0.8, ssim=0.28)]
-    res = _by_number(check_claims(recs))[9]
-    assert res.verdict == "holds" and all(e.metric.startswith("SSIM") for e in res.evidence)
+    res = verdict(recs, 9)
+    assert res.verdict == "inconclusive (1 replicate)"
+    assert all(e.metric.startswith("SSIM") and e.leaning == "holds" for e in res.evidence)
     assert "raw_pp has no interval" in res.notes[0]
 
 
-def test_xnn_claim_prefers_the_same_vit_as_its_reference():
+def _xnn(defense, restore_acc, acc=0.8, attack="xnn_expected"):
+    recs = cells(defense, attack, acc=acc, ssim=0.3, n_pairs=6000, seeds=range(5))
+    for i, rec in enumerate(recs):
+        rec["attack_info"] = {"expected_recognition_acc": restore_acc + 0.01 * i, "n_query": 200}
+    return recs
+
+
+def test_xnn_claim_uses_restore_identification_accuracy():
+    res = verdict(_xnn("xnn", 0.05) + _xnn("xnn.clean", 0.60), 10)
+    leak = next(e for e in res.evidence if e.what == "identity leakage")
+    assert leak.metric == "restore_id_acc (xnn_expected)" and leak.delta == pytest.approx(-0.55)
+    assert res.verdict == "holds" and not res.notes
+    assert verdict(_xnn("xnn", 0.60) + _xnn("xnn.clean", 0.05), 10).verdict == "contradicted"
+
+
+def test_xnn_claim_prefers_the_same_vit_and_falls_back_to_srra():
     xnn = item_record("xnn", "resrec", 0, acc=0.79, ssim=0.3, items_seed=5)
     plain = item_record("plain_feature", "resrec", 0, acc=0.86, ssim=0.6, items_seed=5)
-    vs_plain = _by_number(check_claims([xnn, plain]))[10]
+    vs_plain = verdict([xnn, plain], 10)
     assert {e.a for e in vs_plain.evidence} == {"plain_feature"}
-    assert "ResNet split" in vs_plain.notes[0]
+    assert "ResNet split" in vs_plain.notes[0] and "SRRA instead" in vs_plain.notes[1]
     clean = item_record("xnn.clean", "resrec", 0, acc=0.79, ssim=0.6, items_seed=5)
-    vs_clean = _by_number(check_claims([xnn, plain, clean]))[10]
-    assert {e.a for e in vs_clean.evidence} == {"xnn.clean"} and not vs_clean.notes
+    vs_clean = verdict([xnn, plain, clean], 10)
+    assert {e.a for e in vs_clean.evidence} == {"xnn.clean"}
     accuracy = next(e for e in vs_clean.evidence if e.what == "accuracy cost")
-    assert accuracy.verdict == "holds"  # same accuracy, same pairs: within 3 points
+    assert accuracy.leaning == "holds" and accuracy.verdict == "inconclusive (1 replicate)"
 
 
 def test_cli_writes_claims_json_and_strict_exits_1_on_a_contradiction(tmp_path, capsys):
-    run = write_run(tmp_path, [item_record("ppfr_fd", "cgan", 0, acc=0.80, ssim=0.4, items_seed=7),
-                               item_record("dp_peep", "cgan", 0, acc=0.79, ssim=0.3, items_seed=7)])
+    run = write_run(tmp_path, cells("ppfr_fd", acc=0.80, ssim=0.4, n_pairs=2000)
+                    + cells("dp_peep", acc=0.79, ssim=0.3, n_pairs=2000))
     assert main(["claims", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "CONTRADICTED" in out and "NOT IN THIS RUN" in out and "thresholds:" in out
+    assert "CONTRADICTED" in out and "NOT IN THIS RUN" in out and "Thresholds:" in out
     saved = json.loads((run / "claims.json").read_text())
     assert {c["number"]: c["verdict"] for c in saved["claims"]}[5] == "contradicted"
+    assert saved["min_replicates"] == 3
     assert main(["claims", str(run), "--strict"]) == 1
+
+
+def test_cli_names_the_command_that_would_decide(tmp_path, capsys):
+    config = {"preset": "quick", "seeds": [0], "data": {"folds": 1, "num_pairs": 100}}
+    run = write_run(tmp_path, [item_record("ppfr_fd", "cgan", 0, acc=0.80, ssim=0.4),
+                               item_record("dp_peep", "cgan", 0, acc=0.50, ssim=0.3)],
+                    config=config)
+    (run / "config.json").write_text(json.dumps({"run_id": "synth", "defenses": ["ppfr_fd", "dp_peep"],
+                                                 "attacks": ["cgan"], "config": config}))
+    assert main(["claims", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE (1 REPLICATE)" in out
+    assert ("python -m bench run --defenses ppfr_fd,dp_peep --attacks cgan --seeds 0,1,2 "
+            "--set data.num_pairs=100") in out
+
+
+def test_more_seeds_reach_three_replicates_with_the_run_folds():
+    from bench.rerun import more_seeds
+
+    assert more_seeds([0], folds=1) == [0, 1, 2]
+    assert more_seeds([5], folds=1) == [5, 0, 1]  # the run's own seeds first: they are stored
+    assert more_seeds([0], folds=2) == [0, 1]  # 2 seeds × 2 folds = 4 replicates
+    assert more_seeds([0, 1, 2, 3], folds=1) == [0, 1, 2, 3]
+
+
+def test_claim7_is_inconclusive_on_one_seed_or_without_offline():
+    one = verdict([r for r in _advface_cost(online=0.87, offline=0.90) if r["seed"] == 0], 7)
+    assert one.verdict == "inconclusive (1 replicate)" and one.decide
+    online_only = verdict([r for r in _advface_cost(online=0.87, offline=0.90)
+                           if r["defense"] != "advface.offline"], 7)
+    assert online_only.evidence[0].verdict == "holds" and online_only.verdict == "inconclusive"

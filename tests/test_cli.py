@@ -150,11 +150,11 @@ def test_run_writes_table_and_cells_and_reruns_from_the_store(tmp_path):
     assert records["none__cgan__s0.json"]["defense_options"] == {}
     assert json.loads((run_dir / "config.json").read_text())["config"]["recognizer"]["epochs"] == 4
 
-    cache_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    cache_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
     second = bench("run", *FIXED_KEY, results=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "2 already measured" in second.stdout
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == cache_files
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == cache_files
     pd.testing.assert_frame_equal(_read_table(run_dir), table)
     assert second.stdout.splitlines()[1:4] == first.stdout.splitlines()[1:4]
 
@@ -171,11 +171,11 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
                             start_new_session=True)
     baseline_dir = tmp_path / "cache" / "baseline"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(baseline_dir.glob("*.pt")):
+    while time.time() < deadline and not list(baseline_dir.glob("*.safetensors")):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
     assert any("baseline" in str(p) for p in finished), "the baseline stage never finished"
     for path in finished:  # every file under its final name loads: no half-written artifact
         import torch

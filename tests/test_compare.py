@@ -42,7 +42,7 @@ def test_one_defense_option_changed_is_reported(tmp_path):
 
 
 def test_regression_gate(tmp_path, capsys):
-    # records without per-item data: Welch's t over five seeds, Holm over every row
+    # records without per-item data: a paired t over the five seeds' values, Holm over every row
     seeds = (0, 1, 2, 3, 4)
     a = make_run(tmp_path, "a", seeds=seeds)
     worse = make_run(tmp_path, "worse", seeds=seeds, shift={"ppfr_fd": -0.1},
@@ -52,7 +52,8 @@ def test_regression_gate(tmp_path, capsys):
     reg = comp.regressions
     assert set(reg["defense"]) == {"ppfr_fd"}
     assert {"acc_orl", "SSIM", "PSNR", "S3", "raw_pp"} <= set(reg["metric"])
-    assert set(comp.metrics["test"]) == {"Welch t over replicates"}
+    measured = comp.metrics[comp.metrics["mean_a"].notna()]
+    assert set(measured["test"]) == {"paired t over 5 replicates"}  # same seeds: same splits
     acc = comp.metrics[(comp.metrics["metric"] == "acc_orl") & (comp.metrics["defense"] == "ppfr_fd")]
     assert list(acc["attack"]) == ["*"]  # accuracy is compared once per defense
     assert comp.metrics["flagged"].iloc[0]  # flagged rows first

@@ -48,12 +48,12 @@ def test_two_runs_of_one_command_at_once_share_a_results_folder(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     load_plugins()
-    stages = sorted((shared / "cache").rglob("*.pt"))
+    stages = sorted((shared / "cache").rglob("*.safetensors"))
     assert {p.parent.name for p in stages} == {
         "baseline", "defense_fit", "defense_recognizer", "leak", "attack", "measure"}
     for path in stages:
         safe_load(path.read_bytes())  # whole, and loadable without running code
     assert not [p for p in (shared / "cache").rglob("*") if p.name.endswith(".tmp")]
     assert sorted(p.relative_to(shared) for p in stages) == \
-        sorted(p.relative_to(serial) for p in (serial / "cache").rglob("*.pt"))
+        sorted(p.relative_to(serial) for p in (serial / "cache").rglob("*.safetensors"))
     assert records(shared) == records(serial)

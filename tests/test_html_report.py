@@ -117,7 +117,7 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     assert len(imgs) == 4 and all(decode_png(src) for src in imgs)
     assert re.search(r'data-decoded="4/4"', dom), "Chromium did not decode every figure"
     tables = [k for k in written if not k.startswith("fig_") and k != "report_html"]
-    assert len([t for t, _ in found if t == "table"]) == len(tables) == 6
+    assert len([t for t, _ in found if t == "table"]) == len(tables) == 7  # + worst_case (§15)
     for name in tables:
         assert f"{name}.csv" in dom
     for text in ("ppfr_fd", "advface.eps0.3", "adamixup.k2-4", "±", "Resolved configuration"):

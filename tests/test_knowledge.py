@@ -16,6 +16,7 @@ import torch
 
 from attacks.base import Attack
 from bench import pipeline as pl
+from bench.config import RecognizerConfig
 from bench.core.context import Context
 from bench.core.contract import Leak, Reconstruction
 from bench.core.registry import ATTACKS, DEFENSES
@@ -52,6 +53,7 @@ def stub_pipeline(defense: Defense, attack: Any = None) -> pl.Pipeline:
     data = SimpleNamespace(aux=SimpleNamespace(images=faces(6, 1)),
                            test=SimpleNamespace(images=faces(4, 2), labels=torch.arange(4)))
     p.store, p.progress, p.device = _Store(), False, torch.device("cpu")
+    p.tensorboard = None  # no live training curves
     p.cfg = SimpleNamespace(attacks={}, defenses={}, preset="quick",
                             data=_Anything(name="stub"),
                             recognizer=_Anything(bn_recalibration=False, batch_size=4))
@@ -251,3 +253,152 @@ def test_attack_info_in_records_keeps_json_scalars_only() -> None:
     got = pl.json_scalars(info)
     assert got == {"knowledge": "black_box", "channel_matching_accuracy": 0.5, "analytic": "ok",
                    "group_sizes": [1, 2], "final_l1": None}
+
+
+# -- nothing private in the attacker's leak, for every registered defense (issue 20) -----------------
+# A tiny recognizer and cheap options so that every defense fits in seconds (as tests/test_plan.py).
+WALK_RECOGNIZER = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=1, batch_size=16)
+WALK_CHEAP = {"advface": {"shadow_epochs": 1, "shadow_width": 4, "iterations": 2},
+              "adamixup": {"policy_widths": (4, 4, 8, 8)}, "duetface": {"client_width": 4},
+              "xnn": {"embed_dim": 16, "num_heads": 2, "client_depth": 1, "server_depth": 1,
+                      "vit_epochs": 1, "tail_epochs": 1},
+              "xnn_d": {"embed_dim": 16, "num_heads": 2, "client_depth": 1, "server_depth": 1,
+                        "vit_epochs": 1, "tail_epochs": 1, "adv_epochs": 1},
+              "minusface": {"generator_width": 8}}
+#: Test and training identities are renumbered from these, far from any index a leak holds: an
+#: integer tensor with one of the reconstruction targets' identities is a private label.
+TEST_ID_BASE, TRAIN_ID_BASE = 10_000, 20_000
+#: Entries of ``Leak.extra`` the threat model hands over although they name test identities: the
+#: mixed labels of the server's training batches (ALGORITHMS §7.3; the stream's private faces are
+#: the server's training faces, whose classes it trains on). Carlini's attack reads only what a
+#: server sees of them, the weighted one-hot label (attacks/carlini.py ``server_view``).
+SERVER_TRAINS_ON = {("extra", "stream", "labels")}
+
+
+def _walk_defenses() -> list[tuple[str, dict[str, Any]]]:
+    """One registered name per defense class (variants share their class's leak code), and for a
+    defense with deployment secrets (a ``perm_mode`` option) also its ``fixed_key`` setting."""
+    out = []
+    for name in {DEFENSES.get(n).factory: n for n in reversed(DEFENSES.names())}.values():
+        opts = dict(WALK_CHEAP.get(name.split(".")[0], {}))
+        out.append((name, opts))
+        options_cls = getattr(DEFENSES.get(name).factory, "Options", None)
+        if options_cls is not None and "perm_mode" in getattr(options_cls, "__dataclass_fields__", {}):
+            out.append((name, {**opts, "perm_mode": "fixed_key"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def walk_data():
+    from bench.config import DataConfig
+    from bench.data.facedata import FaceSet
+    from bench.data.orl import load_orl
+
+    data = load_orl(DataConfig(image_size=32, limit_identities=12, num_pairs=60), 0)
+    test = FaceSet(data.test.images, data.test.labels + TEST_ID_BASE)
+    # DP-SGD reconstructs training faces (§4.4): their identities are its private labels
+    train = FaceSet(data.train.images, data.train.labels + TRAIN_ID_BASE)
+    return dataclasses.replace(data, train=train, test=test)
+
+
+def _paths(obj: Any, path: tuple = ()):
+    """``(path, object)`` for every object reachable through dataclass fields, dicts, lists and
+    tuples (dict keys name the path)."""
+    yield path, obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = [(k, v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = list(enumerate(obj))
+    else:
+        items = []
+    for key, child in items:
+        yield from _paths(child, path + (key,))
+
+
+def _row_keys(x: torch.Tensor) -> set[bytes]:
+    return {r.float().contiguous().numpy().tobytes() for r in x.detach().cpu()}
+
+
+def private_findings(leak: Leak, private_ids: set[int], private_faces: set[bytes],
+                     face_shape: tuple[int, ...], secrets: list[torch.Tensor]) -> list[str]:
+    """What in ``leak`` is private: a tensor naming an identity of the reconstruction targets
+    (outside :data:`SERVER_TRAINS_ON`), a target face anywhere but the stolen inputs (``inputs``
+    and the stolen extras, which the threat model hands over), a deployment secret."""
+    from bench.core.contract import STOLEN_EXTRA
+
+    found = []
+    for path, o in _paths(leak):
+        if not isinstance(o, torch.Tensor) or o.numel() == 0:
+            continue
+        where = ".".join(map(str, path))
+        if not o.is_floating_point() and o.dtype != torch.bool and path not in SERVER_TRAINS_ON:
+            if set(o.flatten().tolist()) & private_ids:
+                found.append(f"target labels at {where}")
+        stolen = path[:1] == ("inputs",) or (path[:1] == ("extra",) and len(path) > 1
+                                             and path[1] in STOLEN_EXTRA)
+        if (o.is_floating_point() and not stolen and o.ndim == len(face_shape) + 1
+                and tuple(o.shape[1:]) == face_shape and _row_keys(o) & private_faces):
+            found.append(f"target faces at {where}")
+        if any(o.shape == s.shape and torch.equal(o, s) for s in secrets):
+            found.append(f"a deployment secret at {where}")
+    return found
+
+
+def _fitted_pipeline(name: str, options: dict[str, Any], data) -> pl.Pipeline:
+    from conftest import context_with_random_baseline
+
+    from bench.core.errors import TrainingError
+
+    defense = DEFENSES.create(name, **options)
+    defense.name = name
+    ctx = context_with_random_baseline(data, WALK_RECOGNIZER)
+    defense.fit(data, ctx)
+    try:
+        defense.leak(data, ctx)
+    except TrainingError:  # a leak of the trained model itself (DP-SGD, §4.4)
+        defense.train_recognizer(data, ctx)
+    p = stub_pipeline(defense)
+    p.data = lambda seed: data
+    p._baseline_ctx = lambda seed: ctx
+    p.cfg.recognizer = WALK_RECOGNIZER
+    for k in ("leak_key", "extended_leak_key"):
+        setattr(p, k, lambda *a, **kw: "key")
+    return p
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name, options", _walk_defenses(),
+                         ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={x}" for k, x in v.items() if k == "perm_mode"))
+def test_no_leak_hands_an_attacker_test_labels_targets_oracle_or_foreign_secrets(
+        name: str, options: dict[str, Any], walk_data) -> None:
+    """Every registered defense's leak (and, where it has one, its extended leak for structural
+    attacks), for both knowledge levels: ``for_attacker`` holds no label of the reconstruction
+    targets (test identities; DP-SGD's training identities), no target face outside the stolen
+    inputs, no oracle, and for ``black_box`` none of the deployment's secrets. The full leak holds
+    the labels and targets (so the detector sees them there)."""
+    p = _fitted_pipeline(name, options, walk_data)
+    face_shape = tuple(walk_data.test.images.shape[1:])
+    leaks = [p.leak(0, name)]
+    defense = p.defense_fit(0, name)
+    if type(defense).extend_leak is not Defense.extend_leak:
+        leaks.append(p.extended_leak(0, name))
+    for leak in leaks:
+        private_ids = set(leak.labels.tolist())
+        assert private_ids and min(private_ids) >= TEST_ID_BASE  # renumbered: no index collides
+        private_faces = _row_keys(leak.targets)
+        found = private_findings(leak, private_ids, private_faces, face_shape, [])
+        assert "target labels at labels" in found and "target faces at targets" in found
+        secrets = [v for v in (leak.secrets or {}).values() if isinstance(v, torch.Tensor)]
+        if options.get("perm_mode") == "fixed_key":
+            assert secrets, f"{name} with a fixed key has no deployment secrets to withhold"
+        for knowledge in ("white_box", "black_box"):
+            view = leak.for_attacker(knowledge)
+            assert view.targets is None and view.labels is None and view.oracle == {}
+            withheld = secrets if knowledge == "black_box" else []
+            if knowledge == "black_box":
+                assert view.secrets is None
+            found = private_findings(view, private_ids, private_faces, face_shape, withheld)
+            assert not found, f"{name} {knowledge}: {found}"

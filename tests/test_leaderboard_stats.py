@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
+from scipy.stats import t as t_dist
+
 from bench.cli import main
 from bench.reporting.leaderboard import build_leaderboard, tie_ranks
 from tests.item_records import item_record, write_run
@@ -21,8 +25,10 @@ def test_tie_ranks_share_a_rank_where_intervals_overlap():
     assert tie_ranks([1, 2], [math.nan] * 2, [math.nan] * 2, True) == [1.0, 1.0]  # no intervals
 
 
-def _runs(tmp_path, env_b=None):
-    recs = [item_record(d, "cgan", 0, acc=a, ssim=s, items_seed=5, run_id="r1")
+def _runs(tmp_path, env_b=None, seeds=(0,)):
+    recs = [item_record(d, "cgan", seed, acc=a + 0.005 * seed, ssim=s, items_seed=5 + seed,
+                        run_id="r1")
+            for seed in seeds
             for d, a, s in (("none", 0.86, 0.85), ("ppfr_fd", 0.84, 0.40), ("dp_peep", 0.55, 0.30))]
     for r in recs:
         r["environment"] = ENV
@@ -33,13 +39,36 @@ def _runs(tmp_path, env_b=None):
         write_run(tmp_path, other, "r2")
 
 
-def test_leaderboard_has_intervals_ranks_and_ties(tmp_path):
+def test_tie_ranks_need_three_replicates_on_both_rows():
+    low, high = [80, 50], [90, 60]
+    assert tie_ranks([85, 55], low, high, True, replicates=[3, 3]) == [1.0, 2.0]
+    assert tie_ranks([85, 55], low, high, True, replicates=[3, 1]) == [1.0, 1.0]
+    assert tie_ranks([85, 55], low, high, True, replicates=[2, 2]) == [1.0, 1.0]
+
+
+def test_one_seed_ranks_no_defense_apart(tmp_path):
+    # one trained model per row: its item interval cannot see training noise (§12.1)
     _runs(tmp_path)
+    lb = build_leaderboard(tmp_path).set_index("defense")
+    assert (lb["n_replicates"] == 1).all()
+    assert (lb["rank_utility"] == 1).all() and lb["tied_utility"].all()
+    assert (lb["rank_privacy"] == 1).all()
+
+
+def test_leaderboard_has_intervals_ranks_and_ties(tmp_path):
+    _runs(tmp_path, seeds=(0, 1, 2))
     lb = build_leaderboard(tmp_path).set_index("defense")
     for col in ("acc_orl_ci_low", "acc_orl_ci_high", "SSIM_ci_low", "SSIM_ci_high"):
         assert lb[col].notna().all()
     assert (lb["acc_orl_ci_low"] < lb["acc_orl"]).all() and (lb["acc_orl"] < lb["acc_orl_ci_high"]).all()
-    # none and ppfr_fd are two points apart on 300 pairs: tied; dp_peep is far below
+    assert (lb["n_replicates"] == 3).all()
+    # Student-t over the three seeds' means (df = 2)
+    accs = [100 * np.mean(r["accuracy"]["orl"]["correct"]) for r in
+            (item_record("none", "cgan", s, acc=0.86 + 0.005 * s, ssim=0.85, items_seed=5 + s)
+             for s in (0, 1, 2))]
+    half = t_dist.ppf(0.975, 2) * np.std(accs, ddof=1) / math.sqrt(3)
+    assert lb.loc["none", "acc_orl_ci_high"] == pytest.approx(np.mean(accs) + half)
+    # none and ppfr_fd are two points apart: tied; dp_peep is far below
     assert lb.loc["none", "rank_utility"] == lb.loc["ppfr_fd", "rank_utility"] == 1
     assert lb.loc["none", "tied_utility"] and lb.loc["dp_peep", "rank_utility"] == 3
     # privacy: none's reconstructions are re-identified far more often → ranked last

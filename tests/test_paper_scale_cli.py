@@ -82,7 +82,7 @@ def test_paper_preset_trains_ir_se_50_at_112px_on_the_cpu(tmp_path):
 
     from bench.store import ArtifactStore
 
-    stored = next((out / "cache" / "baseline").glob("*.pt"))
+    stored = next((out / "cache" / "baseline").glob("*.safetensors"))
     model = ArtifactStore(out / "cache").load("baseline", stored.stem)["model"]
     assert type(model.backbone).__name__ == "IRNet" and model.precision == "bf16"
     assert model.in_shape == (3, 112, 112)

@@ -153,7 +153,8 @@ def test_recognizer_training_flops_are_three_forwards_per_image_and_epoch(tiny_s
 
 TINY = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=1, batch_size=16)
 CHEAP = {"advface": {"shadow_epochs": 1, "shadow_width": 4, "iterations": 2},
-         "adamixup": {"policy_widths": (4, 4, 8, 8)}, "duetface": {"client_width": 4}}
+         "adamixup": {"policy_widths": (4, 4, 8, 8)}, "duetface": {"client_width": 4},
+         "minusface": {"generator_width": 4}}
 
 
 @pytest.fixture(scope="module")

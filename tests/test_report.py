@@ -35,8 +35,10 @@ def _cells(run_dir: Path) -> pd.DataFrame:
 
 def test_every_table_and_figure_is_written(full_run):
     run_dir, written = full_run
-    tables = {"table2", "table1", "table3", "advface_table1", "advface_table2", "table4"}
-    figures = {"fig_reconstructions", "fig_privacy_utility", "fig_advface_eps", "fig_k_share"}
+    tables = {"table2", "table1", "table3", "advface_table1", "advface_table2", "table4",
+              "worst_case"}  # ALGORITHMS §15: written for every run
+    figures = {"fig_reconstructions_cgan", "fig_reconstructions_resrec", "fig_privacy_utility",
+               "fig_advface_eps", "fig_k_share"}  # a reconstruction grid per attack
     assert set(written) == tables | figures | {"report_html"}
     for name in tables:
         assert written[name] == run_dir / f"{name}.csv" and not pd.read_csv(written[name]).empty
@@ -117,7 +119,8 @@ def test_tables_and_figures_only_when_the_run_has_their_cells(tmp_path):
         f.unlink()
     written = build_report(run_dir)
     assert not (run_dir / "advface_table1.csv").exists() and not (run_dir / "table4.csv").exists()
-    assert set(written) == {"table2", "fig_reconstructions", "fig_privacy_utility", "report_html"}
+    assert set(written) == {"table2", "worst_case", "fig_reconstructions_cgan", "fig_privacy_utility",
+                            "report_html"}
 
 
 def test_damaged_cell_files_are_named_and_skipped(tmp_path):
@@ -140,7 +143,7 @@ def test_damaged_cell_files_are_named_and_skipped(tmp_path):
     for name in skipped + ["none__cgan__s0.npz"]:
         assert name in messages
     assert list(pd.read_csv(written["table2"])["Method"]) == ["none", "ppfr_fd"]
-    assert "fig_reconstructions" in written  # the one readable sample file still draws
+    assert "fig_reconstructions_cgan" in written  # the one readable sample file still draws
     html = written["report_html"].read_text()
     assert all(name in html for name in skipped)
 
@@ -166,7 +169,7 @@ def test_report_cli_prints_what_it_wrote(tmp_path, capsys):
     with pytest.warns(UserWarning, match="ppfr_fd__cgan__s0.json"):
         rc, out, err = cli(capsys, "report", str(run_dir))
     assert rc == 0, err
-    assert "report.html" in out and "table2.csv" in out and "reconstructions.png" in out
+    assert "report.html" in out and "table2.csv" in out and "reconstructions_cgan.png" in out
     assert "mixup_fd" in out and "ppfr_fd" not in out
 
 
@@ -180,7 +183,7 @@ def test_a_failing_figure_does_not_fail_the_report(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path, seeds=(0,))
     with pytest.warns(UserWarning, match="privacy_utility.png could not be drawn"):
         written = build_report(run_dir)
-    assert "fig_privacy_utility" not in written and "fig_reconstructions" in written
+    assert "fig_privacy_utility" not in written and "fig_reconstructions_cgan" in written
     assert written["report_html"].exists()
 
 

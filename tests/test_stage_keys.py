@@ -274,7 +274,7 @@ pytestmark_run = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stored(cache: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")}
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
 
 
 @pytest.mark.slow

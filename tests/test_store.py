@@ -21,17 +21,28 @@ def test_get_or_compute_computes_once(tmp_path):
     assert calls == [1]
 
 
-def test_a_failed_write_leaves_no_file(tmp_path):
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     store = ArtifactStore(tmp_path)
 
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("boom")
+    def boom(fd):  # the disk fails while the stage is being written
+        raise OSError("disk full")
 
-    with pytest.raises(RuntimeError):
-        store.save("s", "k", Boom())
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        store.save("s", "k", {"w": torch.ones(3)})
     assert not store.has("s", "k")
     assert not (tmp_path / "s").exists() or os.listdir(tmp_path / "s") == []  # no temporary left
+
+
+def test_an_object_the_format_cannot_hold_is_not_written(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    class Boom:  # a class outside the allowlist (defined in a test)
+        pass
+
+    with pytest.warns(UserWarning, match="cannot be stored"):
+        assert store.save("s", "k", {"x": Boom()}) is False
+    assert not store.has("s", "k") and not (tmp_path / "s").exists()
 
 
 def test_a_damaged_artifact_is_recomputed(tmp_path):
@@ -160,8 +171,8 @@ def test_a_malicious_stage_is_refused_recomputed_and_never_run(tmp_path, kind):
     store, marker = ArtifactStore(tmp_path / "cache"), tmp_path / "pwned"
     buf = io.BytesIO()
     torch.save(_payloads(marker)[kind], buf)  # what an attacker would place in a shared store
-    store.path("measure", "k").parent.mkdir(parents=True)
-    store.path("measure", "k").write_bytes(buf.getvalue())
+    store.legacy_path("measure", "k").parent.mkdir(parents=True)
+    store.legacy_path("measure", "k").write_bytes(buf.getvalue())
     with pytest.raises(Exception):
         store.load("measure", "k")
     with pytest.warns(UserWarning, match="unreadable or unsafe"):
@@ -172,8 +183,8 @@ def test_a_malicious_stage_is_refused_recomputed_and_never_run(tmp_path, kind):
 
 def test_a_plain_pickle_is_refused_and_never_run(tmp_path):
     store, marker = ArtifactStore(tmp_path), tmp_path / "pwned"
-    store.path("s", "k").parent.mkdir(parents=True)
-    store.path("s", "k").write_bytes(pickle.dumps(_Shell(f"touch {marker}"), protocol=2))
+    store.legacy_path("s", "k").parent.mkdir(parents=True)
+    store.legacy_path("s", "k").write_bytes(pickle.dumps(_Shell(f"touch {marker}"), protocol=2))
     with pytest.warns(UserWarning, match="unreadable or unsafe"):
         assert store.get_or_compute("s", "k", lambda: 7) == 7
     assert not marker.exists()
@@ -196,8 +207,11 @@ def test_the_allowlist_admits_classes_only_from_trusted_code():
 
 def test_saving_warns_when_a_stage_could_not_be_loaded_safely(tmp_path):
     store = ArtifactStore(tmp_path)
-    with pytest.warns(UserWarning, match="safe loading refuses"):
+    with pytest.warns(UserWarning, match="cannot be stored"):
         store.save("s", "k", {"f": functools.partial(int, base=2)})
+    with pytest.warns(UserWarning, match="cannot be stored"):  # a function: never representable
+        store.save("s", "k", {"f": os.system})
+    assert not store.has("s", "k")
 
 
 def test_concurrent_writers_of_one_stage_leave_one_valid_file(tmp_path):
@@ -221,4 +235,4 @@ def test_concurrent_writers_of_one_stage_leave_one_valid_file(tmp_path):
     assert not errors
     w = store.load("s", "k")["w"]
     assert any(torch.equal(w, p) for p in payloads)
-    assert os.listdir(tmp_path / "s") == ["k.pt"]  # no temporary left
+    assert os.listdir(tmp_path / "s") == ["k.safetensors"]  # no temporary left

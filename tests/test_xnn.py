@@ -122,12 +122,35 @@ def test_server_accuracy_on_obfuscated_features_matches_the_clean_split(xnn, fac
 
 # -- attacks ----------------------------------------------------------------------------------
 def expected_acc(defense, faces, ctx) -> dict:
+    """The attacker's part on its own view of the leak, then the scoring with the full leak (as
+    the pipeline calls ``run`` and ``diagnose``)."""
     leak = defense.leak(faces, ctx)
     leak.extra["mechanism"] = defense.mechanism()
     attack = ExpectedAttack(epochs=1, width=8, tail_epochs=15, tail_batch_size=25)
-    clean = leak.extra["clean_train_inputs"]
-    return attack.recognition(leak.for_attacker("black_box"), leak.extra["mechanism"], clean,
-                              rekeyer(clean, leak.extra["mechanism"]), ctx)
+    view = leak.for_attacker("black_box")
+    clean = view.extra["clean_train_inputs"]
+    out = attack.recognition(view, view.extra["mechanism"], clean,
+                             rekeyer(clean, view.extra["mechanism"]), ctx)
+    assert "expected_recognition_acc" not in out  # nothing is scored by the attacker
+    return {**out, **attack.diagnose(leak)}
+
+
+def test_the_probe_labels_are_ground_truth_the_attacker_never_gets(xnn, faces, ctx):
+    """Issue 20: who the probe's test faces are lives in ``Leak.oracle``; the attacker's view of
+    the leak holds the probe's encodings and no test-identity label."""
+    leak = xnn.leak(faces, ctx)
+    probe = leak.extra["identification_probe"]
+    assert set(probe) == {"gallery", "query"}
+    truth = leak.oracle["identification_probe"]
+    assert set(truth["gallery_labels"].tolist()) == set(faces.test.labels.tolist())
+    assert len(truth["query_labels"]) == len(probe["query"])
+    for knowledge in ("white_box", "black_box"):
+        view = leak.for_attacker(knowledge)
+        assert view.oracle == {} and view.labels is None and view.targets is None
+        assert set(view.extra["identification_probe"]) == {"gallery", "query"}
+    # without the oracle the attack still runs, and scoring says it cannot score
+    attack = ExpectedAttack()
+    assert attack.diagnose(leak.for_attacker("black_box"))["expected_recognition_acc"] is None
 
 
 def test_expected_recognition_beats_chance_clean_and_falls_toward_it_under_xnn(xnn, faces, ctx):
@@ -159,13 +182,19 @@ def test_reordering_recovers_a_token_permutation_without_the_matrix(xnn, faces):
     assert acc_mixed < 0.05 and acc > 3 * acc_mixed, (acc, acc_mixed)
 
 
-def test_reorder_attack_scores_token_order_on_a_white_box_leak(xnn, faces, ctx):
+def test_reorder_attack_is_scored_against_the_key_after_it_ran(xnn, faces, ctx):
     perm_only = twin(xnn, matrix=False)
     leak = perm_only.leak(faces, ctx)
     leak.secrets = perm_only.deployment_secrets()
-    rec = ReorderAttack(epochs=1, width=8, columns=False).run(leak.for_attacker("white_box"), ctx)
-    assert rec.images.shape == faces.test.images.shape
-    assert rec.info["token_order_acc"] > 3 / 64  # chance: 1/64
+    attack = ReorderAttack(epochs=1, width=8, columns=False, knowledge="black_box")
+    rec = attack.run(leak.for_attacker("black_box"), ctx)  # the attacker never sees the key …
+    assert rec.images.shape == faces.test.images.shape and "token_order_acc" not in rec.info
+    score = attack.diagnose(leak, rec)["token_order_acc"]  # … the scoring does
+    assert score > 3 / 64  # chance: 1/64
+    # the score is the recovered order against the key: a wrong key scores near chance
+    other = torch.randperm(64, generator=torch.Generator().manual_seed(9))
+    wrong = dataclasses.replace(leak, secrets={"perm": other})
+    assert attack.diagnose(wrong, rec)["token_order_acc"] < score / 2
 
 
 def test_xnn_d_generator_raises_the_aux_tail_loss(xnn, faces, ctx):

@@ -171,3 +171,62 @@ def build_decoder(kind: str, in_shape: tuple[int, int, int], out_shape: tuple[in
     c_in, h, w = in_shape
     c_out, H, W = out_shape
     return cls(c_in, (h, w), c_out, (H, W), width=width)
+
+
+class NbBlock(nn.Module):
+    """NbNet's neighbourly de-convolution block `[PAPER NbNet TPAMI'19]`, sizes ``[ASSUMP]``: a
+    stride-2 ConvT4×4 (×2 upsampling) to ``width`` channels, then ``layers`` conv3×3-BN-ReLU each
+    reading the concatenation of every earlier map of the block (densely connected neighbours),
+    fused back to ``width`` by a 1×1 conv."""
+
+    def __init__(self, cin: int, width: int, layers: int) -> None:
+        super().__init__()
+        self.up = nn.Sequential(nn.ConvTranspose2d(cin, width, 4, stride=2, padding=1, bias=False),
+                                nn.BatchNorm2d(width), nn.ReLU())
+        grow = max(1, width // 2)
+        self.convs = nn.ModuleList(nn.Sequential(*_conv_bn_relu(width + i * grow, grow))
+                                   for i in range(layers))
+        self.fuse = (nn.Sequential(nn.Conv2d(width + layers * grow, width, 1, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU()) if layers else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = [self.up(x)]
+        for conv in self.convs:
+            maps.append(conv(torch.cat(maps, 1)))
+        return self.fuse(torch.cat(maps, 1))
+
+
+class TemplateDecoder(nn.Module):
+    """Embedding (template) → face, NbNet-like (ALGORITHMS §14 "Template inversion"; sizes
+    ``[ASSUMP]``): Linear(D → 8w·4·4)-BN-ReLU, then ``ceil(log2(side/4))`` :class:`NbBlock` ×2
+    steps halving the width from 8w down to w, conv3×3 → C, a bilinear resize to the exact size
+    and sigmoid. ``nb_layers=0`` is the plain transposed-conv stack (NbNet's D-CNN baseline)."""
+
+    start: ClassVar[int] = 4
+
+    def __init__(self, in_dim: int, out_channels: int, out_size: Size, width: int = 64,
+                 nb_layers: int = 2) -> None:
+        super().__init__()
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        w = width * 8
+        self.fc = nn.Sequential(nn.Linear(in_dim, w * self.start * self.start, bias=False),
+                                nn.BatchNorm1d(w * self.start * self.start), nn.ReLU())
+        self.w0 = w
+        blocks = []
+        for _ in range(_up_steps((self.start, self.start), self.out_size)):
+            nw = max(width, w // 2)
+            blocks.append(NbBlock(w, nw, nb_layers))
+            w = nw
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(w, out_channels, 3, padding=1)
+
+    def forward(self, t: Tensor) -> Tensor:
+        h = self.fc(t.flatten(1)).view(len(t), self.w0, self.start, self.start)
+        return torch.sigmoid(self.head(resize(self.body(h), self.out_size)))
+
+
+def build_template_decoder(in_dim: int, out_shape: tuple[int, int, int], width: int = 64,
+                           nb_layers: int = 2) -> nn.Module:
+    """A :class:`TemplateDecoder` ``[N, in_dim] → [N, *out_shape]`` in [0, 1]."""
+    c_out, H, W = out_shape
+    return TemplateDecoder(int(in_dim), c_out, (H, W), width=width, nb_layers=nb_layers)

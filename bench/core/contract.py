@@ -42,6 +42,11 @@ class Leak:
     # Leaks stored before they existed still load.
     black_box: dict[str, Any] | None = None
     secrets: dict[str, Any] | None = None
+    # ALGORITHMS §14: the identity labels of the attacker's public (aux) faces, row ``i`` naming
+    # the face ``train_targets[i]`` was simulated from. Public data the attacker owns, so
+    # :meth:`for_attacker` keeps them (unlike ``labels``, the test identities: ground truth).
+    # The pipeline fills them in; None in Leaks stored before they existed.
+    train_labels: Tensor | None = None
 
     def for_attacker(self, knowledge: str = "white_box", oracle: bool = False) -> "Leak":
         """A copy without the ground truth the attacker must not see, holding only what an
@@ -58,26 +63,36 @@ class Leak:
         for and ``extra["pairs"]`` whose secrets built the pairs. ``oracle=True`` keeps
         ``oracle`` (the true membership of the stolen mixtures) for attacks that declare
         ``uses_oracle = True`` — upper-bound analyses such as ``carlini.oracle`` (§7.3 step 5),
-        always labelled as such; targets and labels are removed either way.
+        always labelled as such; targets and labels are removed either way. ``train_labels``
+        (the public faces' identities) follow the pairs they name.
         """
         check_knowledge(knowledge)
         train_inputs, train_targets, extra = self.train_inputs, self.train_targets, dict(self.extra)
         pairs = "deployment"
+        train_labels = self.train_labels
         if knowledge == "black_box" and self.black_box is not None:
             train_inputs = self.black_box["train_inputs"]
             train_targets = self.black_box["train_targets"]
+            train_labels = self.black_box.get("train_labels")
             extra.update(self.black_box.get("extra") or {})
             extra.update({key: self.extra[key] for key in STOLEN_EXTRA if key in self.extra})
             pairs = "attacker_secrets"
         extra["knowledge"], extra["pairs"] = knowledge, pairs
         secrets = dict(self.secrets or {}) if knowledge == "white_box" else None
         return Leak(train_inputs, train_targets, self.inputs, None, None, None, extra,
-                    oracle=dict(self.oracle) if oracle else {}, secrets=secrets)
+                    oracle=dict(self.oracle) if oracle else {}, secrets=secrets,
+                    train_labels=train_labels)
 
 
 # Entries of ``Leak.extra`` that are stolen data (the deployment's), not the attacker's own
 # simulation: ``for_attacker`` keeps them when black-box pairs replace the rest.
-STOLEN_EXTRA = ("stream",)
+STOLEN_EXTRA = ("stream", "templates")
+
+#: Entries of ``Leak.extra`` the pipeline adds to every leak (ALGORITHMS §14): the defended
+#: recognizer F2's templates of the stolen faces (``templates``, stolen) and of the attacker's
+#: public faces (``train_templates``, its own simulation with F2). An attack that ``requires``
+#: only these reads the plain leak, not the extended one.
+TEMPLATE_EXTRA = ("templates", "train_templates")
 
 
 KNOWLEDGE = ("white_box", "black_box")
@@ -90,9 +105,11 @@ def check_knowledge(knowledge: str) -> None:
 
 @dataclass
 class Reconstruction:
-    """Images ``[N, C, H, W]`` in [0, 1], row ``i`` reconstructing ``leak.inputs[i]``."""
+    """Images ``[N, C, H, W]`` in [0, 1], row ``i`` reconstructing ``leak.inputs[i]``; None for an
+    identity-level attack that reconstructs no image (linkage, ALGORITHMS §14: its scores are in
+    ``info``)."""
 
-    images: Tensor
+    images: Tensor | None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -24,3 +24,8 @@ class ConfigError(BenchError):
 
 class TrainingError(BenchError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
+
+
+class BundleError(BenchError):
+    """A run bundle that cannot be written, or one refused on unpacking (a hash that does not
+    match its manifest, a path outside the results folder, a member that is not a stage file)."""

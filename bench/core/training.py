@@ -2,13 +2,18 @@
 
 Input standardisation, resizing a representation to the image grid, the epoch/mini-batch loop
 with NaN detection and a progress bar, the one L1 decoder loop (every attack decoder, Carlini's
-masked decoder, XNN's token decoders and AdvFace's shadow decoder train through it), and batched
-inference.
+masked decoder, XNN's token decoders and AdvFace's shadow decoder train through it), batched
+inference, and the training curves: every loop reports each epoch's mean losses to
+:func:`record_epoch`, which the pipeline collects per stage (:func:`recording_curves`) into the
+stage and the cell record, so that an attack that had not converged shows in the records.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,17 +89,81 @@ def check_leak(name: str, train_inputs: Tensor, train_targets: Tensor, inputs: T
                             f"train_inputs {tuple(train_inputs.shape[1:])}")
 
 
+# -- training curves ---------------------------------------------------------------------------
+#: ``sink(curve, epoch)`` is told of every epoch as it ends (live logging, e.g. TensorBoard)
+CurveSink = Callable[[dict[str, Any], int], None]
+
+
+class CurveLog:
+    """The training curves of one stage: one entry per training loop that ran in it, in order.
+
+    An entry is JSON data: ``{"name": the loop's label, "loop": "train_epochs" | "sgd_epochs",
+    "losses": {loss: [mean of epoch 1, …]}, "held_out": {loss: [...]} or absent}``.
+    """
+
+    def __init__(self, sink: CurveSink | None = None) -> None:
+        self.curves: list[dict[str, Any]] = []
+        self.sink = sink
+
+    def start(self, name: str, loop: str) -> dict[str, Any]:
+        curve: dict[str, Any] = {"name": name, "loop": loop, "losses": {}}
+        self.curves.append(curve)
+        return curve
+
+
+_ACTIVE: contextvars.ContextVar[CurveLog | None] = contextvars.ContextVar("curve_log", default=None)
+
+
+@contextlib.contextmanager
+def recording_curves(sink: CurveSink | None = None) -> Iterator[CurveLog]:
+    """Collect the curves of every training loop run inside the block (a stage's computation).
+    Nested blocks (a stage computing an upstream stage it needs) keep their own curves."""
+    log = CurveLog(sink)
+    token = _ACTIVE.set(log)
+    try:
+        yield log
+    finally:
+        _ACTIVE.reset(token)
+
+
+def start_curve(name: str, loop: str) -> dict[str, Any] | None:
+    """A new curve in the active log (None outside :func:`recording_curves`)."""
+    log = _ACTIVE.get()
+    return None if log is None else log.start(name, loop)
+
+
+def record_epoch(curve: dict[str, Any] | None, epoch: int, losses: dict[str, float],
+                 held_out: dict[str, float] | None = None) -> None:
+    """Append one epoch's mean losses (and held-out losses) to ``curve`` (from
+    :func:`start_curve`); a no-op for None. Records numbers already computed: nothing here
+    touches a model or a random generator."""
+    if curve is None:
+        return
+    for key, value in losses.items():
+        curve["losses"].setdefault(str(key), []).append(float(value))
+    for key, value in (held_out or {}).items():
+        curve.setdefault("held_out", {}).setdefault(str(key), []).append(float(value))
+    log = _ACTIVE.get()
+    if log is not None and log.sink is not None:
+        log.sink(curve, epoch)
+
+
 def train_epochs(name: str, n: int, epochs: int, batch_size: int,
                  step: Callable[[Tensor], dict[str, Tensor]], gen: torch.Generator,
                  ctx: Context, on_epoch_end: Callable[[int], None] | None = None,
-                 lr_option: str = "lr") -> dict[str, float]:
+                 lr_option: str = "lr",
+                 held_out: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
     """Shuffled mini-batch epochs over ``n`` examples; returns the last epoch's mean losses.
 
     ``step(idx)`` trains on the examples ``idx`` and returns its losses as tensors (``.item()``
     is taken here, once per step). A NaN/inf loss raises TrainingError naming ``lr_option``.
+    Each epoch's means (and ``held_out()``'s losses on data the loop does not train on, for
+    loops that keep such a split) go to the stage's training curves (:func:`record_epoch`);
+    ``held_out`` must leave the model and every generator as it found them.
     """
     bar = tqdm(range(epochs), desc=name, unit="ep", disable=not ctx.progress, leave=False)
     means: dict[str, float] = {}
+    curve = start_curve(name, "train_epochs")
     for epoch in bar:
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=gen)
@@ -110,6 +179,7 @@ def train_epochs(name: str, n: int, epochs: int, batch_size: int,
                                         f"lower attacks.{name}.{lr_option}")
                 sums[key] = sums.get(key, 0.0) + v
         means = {k: v / batches for k, v in sums.items()}
+        record_epoch(curve, epoch, means, held_out() if held_out is not None else None)
         bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -121,14 +191,18 @@ def train_l1_decoder(name: str, build: Callable[[], nn.Module], inputs: Tensor, 
                      epochs: int, batch_size: int, lr: float, ctx: Context,
                      init_salt: tuple[object, ...], shuffle: torch.Generator,
                      batch_inputs: Callable[[Tensor], Tensor] | None = None,
-                     lr_option: str = "lr") -> tuple[nn.Module, dict[str, float]]:
+                     lr_option: str = "lr",
+                     held_out: Callable[[nn.Module], dict[str, float]] | None = None,
+                     ) -> tuple[nn.Module, dict[str, float]]:
     """Train ``build()`` with Adam on L1(net(input), target) over shuffled mini-batches; returns
     the network in eval mode and the last epoch's mean losses (``{"l1": …}``).
 
     The network is built and trained with torch's global RNG seeded from ``ctx.seed`` and
     ``init_salt`` (init and dropout reproducible from the run seed alone); ``shuffle`` orders the
     batches. ``batch_inputs(idx)`` (optional) returns a batch's inputs instead of ``inputs[idx]``
-    (standardised, or re-drawn per step as XNN's expected attack does).
+    (standardised, or re-drawn per step as XNN's expected attack does). ``held_out(net)``
+    (optional): the losses on pairs the decoder does not train on, after each epoch (see
+    :func:`train_epochs`).
     """
     device = ctx.device
     fetch = batch_inputs if batch_inputs is not None else (lambda idx: inputs[idx])
@@ -144,7 +218,8 @@ def train_l1_decoder(name: str, build: Callable[[], nn.Module], inputs: Tensor, 
             return {"l1": loss}
 
         losses = train_epochs(name, len(inputs), epochs, batch_size, step, shuffle, ctx,
-                              lr_option=lr_option)
+                              lr_option=lr_option,
+                              held_out=None if held_out is None else lambda: held_out(net))
     return net.eval(), losses
 
 

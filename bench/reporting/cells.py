@@ -16,7 +16,13 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.environment import environment_key
 
-PRIVACY_COLUMNS = ["S1", "S2", "S3", "S4", "SSIM", "PSNR", "MSE", "SRRA", "SRRA_far1e-3"]
+#: ALGORITHMS §14: reconstructions against *other* photos of the person, and identity linkage
+IDENTITY_COLUMNS = ["SRRA_other", "SRRA_other_far1e-3", "link_verif_acc", "link_tar@far1e-3",
+                    "link_rank1", "link_rank5"]
+PRIVACY_COLUMNS = ["S1", "S2", "S3", "S4", "SSIM", "PSNR", "MSE", "SRRA", "SRRA_far1e-3",
+                   *IDENTITY_COLUMNS]
+#: chance levels recorded beside the linkage scores (1 / identities; rank-5: 5 / identities)
+CHANCE_COLUMNS = ["link_chance", "link_chance5"]
 RECON_COLUMNS = ["SSIM", "PSNR", "MSE", "SRRA"]  # [A] Table 1
 #: identity scores from the independent pretrained evaluator (``--evaluator dlib``), when run
 INDEPENDENT_COLUMNS = ["dlib_similarity", "dlib_SRRA"]
@@ -95,14 +101,19 @@ def cells_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         dp = rec.get("record") or {}
         row["epsilon"] = _num(dp.get("epsilon")) if "epsilon" in dp else math.nan  # DP-SGD (§4.4)
         row["delta"] = _num(dp.get("delta")) if "delta" in dp else math.nan
+        # the unit ε protects (issue 20); records from before the option were image level
+        row["dp_level"] = (dp.get("dp_level") or "image") if "epsilon" in dp else None
         row["knowledge"] = (rec.get("attack_options") or {}).get("knowledge")
+        # ALGORITHMS §15: the attack's family and, on `none`, whether it fell under its floor
+        row["attack_family"] = rec.get("attack_family")
+        row["underpowered"] = rec.get("underpowered")
         for vset, acc in (rec.get("accuracy") or {}).items():
             row[f"acc_{vset}"] = 100.0 * acc["accuracy_mean"]
             if isinstance(acc.get("correct"), list):
                 row[f"{ITEMS}acc_{vset}"] = [100.0 * c for c in acc["correct"]]
                 row[f"{DIGEST}acc_{vset}"] = acc.get("pairs_digest")
         privacy = rec.get("privacy") or {}
-        row.update({k: _num(privacy.get(k)) for k in PRIVACY_COLUMNS + ["raw_pp"]})
+        row.update({k: _num(privacy.get(k)) for k in PRIVACY_COLUMNS + ["raw_pp"] + CHANCE_COLUMNS})
         row.update({k: _num(privacy[k]) for k in INDEPENDENT_COLUMNS if k in privacy})
         for k, items in (rec.get("per_target") or {}).items():
             if k in PRIVACY_COLUMNS and isinstance(items, list):

@@ -8,22 +8,25 @@ Two kinds of differences are reported:
 2. **Metrics**, per defense × attack × metric, as B − A of the means over seeds. Accuracy does not
    depend on the attack, so it is compared once per defense (attack shown as ``*``).
 
-Significance (the ``flag`` column, ALGORITHMS §12):
+Significance (the ``flag`` column, ALGORITHMS §12.1), with B − A's 95 % interval beside it:
 
-- when both runs kept the per-item vectors of a metric (per verification pair, per reconstruction
-  target), B − A is tested with a bootstrap: **paired** when every replicate (seed, fold) of the
-  cell was judged on the same items in both runs (checked by the pairs' / targets' digest),
-  unpaired otherwise (e.g. runs with different seeds see different splits) — and then only with
-  at least two replicates on each side (a hierarchical bootstrap over replicates and items): with
-  one trained model per side on different items, training noise cannot be told from an effect,
-  and the row says *untestable*. A paired test on one replicate judges the two trained models on
-  the same items; confirm an option's effect with ``--seeds``. The p-values of all
-  tested rows are Holm-adjusted (many metrics are compared at once) and a change is *significant*
-  when the adjusted p < ``ALPHA`` (0.05); both p-values are printed;
-- metrics without per-item vectors (S1–S4, raw_pp) are tested with Welch's t-test over the
-  replicate values (seeds × folds) when both runs have at least two, in the same Holm family;
-  with one replicate on a side they fall back to the seed-spread rule (flagged when
-  ``|Δ| > 2 · spread``, the larger seed std of the two runs). With a single seed they are
+- with replicates (seeds × folds) on both sides, B − A is tested on the replicate means: a
+  **paired t** over the per-replicate differences when both runs have the same (seed, fold)
+  replicates (the same splits), else **Welch's t**; metrics without per-item vectors (S1–S4,
+  raw_pp) the same way, on their one value per replicate. A flag needs ≥ 3 replicates
+  (``MIN_REPLICATES``) per side; with two the p-value and interval are shown, the row says
+  *inconclusive* and names ``--seeds 0,1,2``;
+- one replicate a side: a bootstrap over one trained model's items cannot see training noise
+  (measured on ORL: resrec SSIM on ``none`` .991 vs .936 for seeds 0 and 1). On *different*
+  items the row is *untestable*. On the *same* items (same pairs / targets by digest) the paired
+  item bootstrap is shown; it decides only when the two runs have the same settings and seed — a
+  reproduction check (the CI gate re-creating ``results/reference``), where the same seeded code
+  must give the same models and a difference is the code's or the environment's — otherwise it
+  is *inconclusive (one replicate)*;
+- the p-values of the deciding tests are Holm-adjusted (many metrics are compared at once) and a
+  change is *significant* when the adjusted p < ``ALPHA`` (0.05); both p-values are printed;
+- old runs without per-item data and one replicate fall back to the seed-spread rule (flagged
+  when ``|Δ| > 2 · spread``, the larger seed std of the two runs); with a single seed they are
   *untestable* and not flagged when the runs carry per-item data (their pair/target-level
   companions carry the test); in older runs without any per-item data a change larger than float
   noise is flagged — with one seed we cannot tell noise from effect, so we say so;
@@ -34,10 +37,13 @@ thread count: :mod:`bench.environment`) the comparison says so next to every num
 
 Direction (what "worse" means): utility — every ``acc_<set>`` — is better higher. Privacy is
 better when the attacker does worse: S1–S4, raw_pp and MSE better higher; SSIM, PSNR, SRRA and
-SRRA_far1e-3 better lower. A *regression* is a flagged change in the worse direction, except the
-privacy metrics of unprotected defenses (``protected: false``, e.g. ``none``): there a "worse"
-number means a stronger attacker, which is the attack's business, not a defense regression (still
-listed and flagged). ``--fail-on-regression`` exits 1 when there is a regression.
+SRRA_far1e-3 better lower, and so the identity-level ones of §14 (SRRA_other, ``link_*``). A
+*regression* is a flagged change in the worse direction, except the privacy metrics of
+unprotected defenses (``protected: false``, e.g. ``none``): there a "worse" number means a stronger
+attacker, which is the attack's business, not a defense regression (still listed and flagged) —
+and a flagged change the other way is an *attack-strength* regression (ALGORITHMS §15: a weaker
+attack looks like a better defense everywhere else; kind ``attack strength``).
+``--fail-on-regression`` exits 1 when there is a regression of either kind.
 
 Rows are sorted flagged first, then by relative size ``|Δ| / max(|A|, |B|)`` so that PSNR's
 decibels and SSIM's unit interval rank on one scale.
@@ -50,21 +56,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bench.core.errors import BenchError
 from bench.environment import environment_diff, environment_key
 from bench.reporting.cells import (DIGEST, ITEMS, PRIVACY_COLUMNS, acc_columns, cells_frame,
                                    load_cells)
-from bench.reporting.stats import TestResult, holm, paired_test, unpaired_test, welch_test
+from bench.reporting.stats import MIN_REPLICATES, TestResult, difference_test, holm
 from bench.reporting.tables import per_defense_seed
 
 #: +1: higher is better, −1: lower is better (for the defender)
 PRIVACY_DIRECTION = {"S1": 1, "S2": 1, "S3": 1, "S4": 1, "raw_pp": 1, "MSE": 1,
-                     "SSIM": -1, "PSNR": -1, "SRRA": -1, "SRRA_far1e-3": -1}
+                     "SSIM": -1, "PSNR": -1, "SRRA": -1, "SRRA_far1e-3": -1,
+                     # ALGORITHMS §14: identity-level leaks, lower is better for the defender
+                     "SRRA_other": -1, "SRRA_other_far1e-3": -1, "link_verif_acc": -1,
+                     "link_tar@far1e-3": -1, "link_rank1": -1, "link_rank5": -1}
 SPREAD_FACTOR = 2.0
 UNTESTABLE_UNPAIRED = "untestable (other items, one replicate: add --seeds/--folds)"
+REPRODUCTION = "paired bootstrap over items (same seed and settings: reproduction check)"
+MORE_SEEDS = "--seeds 0,1,2"
 NOISE = 1e-9
 ALPHA = 0.05  # significance level after Holm adjustment
 
@@ -148,7 +158,7 @@ def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Long table: defense, attack, metric, mean, std (NaN under two seeds), n, and ``items``:
     ``{(seed, fold): (digest, vector)}`` of the replicates that kept per-item vectors."""
     df = cells_frame(records)
-    cols = ["defense", "attack", "metric", "mean", "std", "n", "items", "values"]
+    cols = ["defense", "attack", "metric", "mean", "std", "n", "items", "values", "replicates"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     if "fold" not in df:
@@ -160,48 +170,57 @@ def _stats(records: list[dict[str, Any]]) -> pd.DataFrame:
         for (defense, attack), sub in frame.groupby(["defense", "attack"], sort=False):
             for m in metrics:
                 vals = sub[m].dropna()
-                items = {}
-                if f"{ITEMS}{m}" in sub:
-                    for _, r in sub.iterrows():
-                        v = r[f"{ITEMS}{m}"]
-                        if isinstance(v, list):
-                            fold = r["fold"] if r["fold"] == r["fold"] else None  # NaN → None
-                            items[(r["seed"], fold)] = (r[f"{DIGEST}{m}"], v)
+                items, replicates = {}, {}
+                for _, r in sub.iterrows():
+                    key = (r["seed"], r["fold"] if r["fold"] == r["fold"] else None)  # NaN → None
+                    if r[m] == r[m] and r[m] is not None:
+                        replicates[key] = (None, [float(r[m])])
+                    v = r[f"{ITEMS}{m}"] if f"{ITEMS}{m}" in sub else None
+                    if isinstance(v, list):
+                        items[key] = (r[f"{DIGEST}{m}"], v)
                 rows.append({"defense": defense, "attack": attack, "metric": m,
                              "mean": vals.mean() if len(vals) else math.nan,
                              "std": vals.std(ddof=1) if len(vals) > 1 else math.nan,
                              "n": int(len(vals)), "items": items,
-                             "values": vals.astype(float).tolist()})
+                             "values": vals.astype(float).tolist(), "replicates": replicates})
     return pd.DataFrame(rows, columns=cols)
 
 
-def _test(items_a: dict, items_b: dict) -> TestResult | None:
-    """Bootstrap test of B − A on per-item vectors (paired when every replicate matches), or
-    None when a side has no vectors."""
+def _inconclusive(t: TestResult) -> TestResult:
+    r = t.n_replicates
+    return TestResult(t.delta, t.p, f"{t.test}: inconclusive ({r} replicate{'s' if r != 1 else ''}"
+                      f"; add {MORE_SEEDS})", t.low, t.high, r)
+
+
+def _test(items_a: dict, items_b: dict, reproduction: bool) -> tuple[TestResult | None, bool]:
+    """(test of B − A on per-item vectors, whether it may flag), or (None, False) when a side has
+    no vectors (see the module doc: replicate-level t; one replicate only as a reproduction
+    check)."""
     if not items_a or not items_b:
-        return None
-    keys = sorted(items_a, key=str)
-    if set(keys) == set(items_b) and all(
-            items_a[k][0] is not None and items_a[k][0] == items_b[k][0]
-            and len(items_a[k][1]) == len(items_b[k][1]) for k in keys):
-        return paired_test([np.asarray(items_a[k][1], float) for k in keys],
-                           [np.asarray(items_b[k][1], float) for k in keys])
-    if len(items_a) < 2 or len(items_b) < 2:
+        return None, False
+    t = difference_test(items_a, items_b)
+    if t.n_replicates >= MIN_REPLICATES:
+        return t, True
+    if t.n_replicates == 1 and not t.test.startswith("paired bootstrap"):
         # Different items and one trained model on a side: a bootstrap over the items sees the
         # sampling of pairs/targets but not the training noise between seeds, which on ORL is as
         # large (measured: resrec SSIM on `none` .991 vs .936 for seeds 0 and 1, p = 5e-39 if
-        # tested this way). Only replicates on both sides (hierarchical bootstrap) measure it.
-        return TestResult(math.nan, math.nan, UNTESTABLE_UNPAIRED)
-    return unpaired_test([np.asarray(v, float) for _, v in items_a.values()],
-                         [np.asarray(v, float) for _, v in items_b.values()])
+        # tested this way). Only replicates on both sides measure it.
+        return TestResult(math.nan, math.nan, UNTESTABLE_UNPAIRED), False
+    if t.n_replicates == 1 and reproduction:
+        return TestResult(t.delta, t.p, REPRODUCTION, t.low, t.high, 1), True
+    return _inconclusive(t), False
 
 
-def _replicate_test(values_a: list[float], values_b: list[float]) -> TestResult | None:
-    """Welch's t over replicate values for a metric without per-item vectors, or None with fewer
-    than two replicates on a side."""
-    if len(values_a) < 2 or len(values_b) < 2:
-        return None
-    return welch_test(values_a, values_b)
+def _replicate_test(reps_a: dict, reps_b: dict) -> tuple[TestResult | None, bool]:
+    """t over replicate values (paired when the replicates match, else Welch) for a metric
+    without per-item vectors, or (None, False) with fewer than two replicates on a side."""
+    if len(reps_a) < 2 or len(reps_b) < 2:
+        return None, False
+    t = difference_test(reps_a, reps_b)
+    if t.n_replicates >= MIN_REPLICATES:
+        return t, True
+    return _inconclusive(t), False
 
 
 def _flag(a: float, b: float, sa: float, sb: float) -> tuple[bool, bool, float]:
@@ -245,26 +264,38 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     st = _stats(rec_a).merge(_stats(rec_b), on=["defense", "attack", "metric"], how="inner",
                              suffixes=("_a", "_b"))
     protected = {r["defense"]: bool(r.get("protected", True)) for r in rec_a + rec_b}
-    tests = [_test(ia, ib) if ia and ib else _replicate_test(va, vb)
-             for ia, ib, va, vb in zip(st["items_a"], st["items_b"], st["values_a"], st["values_b"])]
-    p_holm = holm([t.p if t is not None else math.nan for t in tests])
+    # same settings and seeds: B re-creates A, so one replicate's paired items may decide
+    reproduction = not comp.settings
+    judged = [_test(ia, ib, reproduction) if ia and ib else _replicate_test(ra, rb)
+              for ia, ib, ra, rb in zip(st["items_a"], st["items_b"], st["replicates_a"],
+                                        st["replicates_b"])]
+    # only the tests that may flag form the Holm family
+    p_holm = holm([t.p if t is not None and decides else math.nan for t, decides in judged])
     # runs that kept per-item vectors: a metric without them (S1–S4, raw_pp) is only judged by
     # the seed spread when both runs measured one; with a single replicate it is untestable and
     # not flagged (its pair/target-level companions — SSIM, SRRA, accuracy — carry the test)
     itemized = any(bool(ia) and bool(ib) for ia, ib in zip(st["items_a"], st["items_b"]))
     rows = []
-    for r, t, ph in zip(st.itertuples(index=False), tests, p_holm):
+    for r, (t, decides), ph in zip(st.itertuples(index=False), judged, p_holm):
         kind, sign = direction(r.metric)
         changed, flagged, spread = _flag(r.mean_a, r.mean_b, r.std_a, r.std_b)
         label = t.test if t is not None else "seed spread"
         both = not (math.isnan(r.mean_a) or math.isnan(r.mean_b))
         if t is not None and t.test != "none" and both:
-            flagged = changed and ph < ALPHA  # a paired / bootstrap test decides, not the spread
+            # a deciding test decides, not the spread; an inconclusive one never flags
+            flagged = changed and decides and ph < ALPHA
         elif itemized and both and (math.isnan(r.std_a) or math.isnan(r.std_b)):
             flagged, label = False, "untestable (one replicate, no per-item data)"
         delta = r.mean_b - r.mean_a
         worse = changed and not math.isnan(delta) and sign * delta < 0
         counts = kind == "utility" or protected.get(r.defense, True)
+        # ALGORITHMS §15: on an unprotected defense a privacy number that got better for the
+        # defender is an attack that got weaker — the attack's regression (measured: every
+        # reconstruction blanked passed the gate as "0 regressions" before this rule)
+        weaker = (kind == "privacy" and not protected.get(r.defense, True) and flagged
+                  and not math.isnan(delta) and sign * delta > 0)
+        if weaker:
+            kind = "attack strength"
         scale = max(abs(r.mean_a), abs(r.mean_b)) if not math.isnan(delta) else math.nan
         rows.append({"defense": r.defense, "attack": r.attack, "metric": r.metric, "kind": kind,
                      "mean_a": r.mean_a, "std_a": r.std_a, "n_a": r.n_a,
@@ -272,9 +303,11 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
                      "rel": abs(delta) / scale if scale else (0.0 if delta == 0 else math.inf),
                      "spread": spread,
                      "test": label,
+                     "delta_low": t.low if t is not None else math.nan,
+                     "delta_high": t.high if t is not None else math.nan,
                      "p": t.p if t is not None else math.nan, "p_holm": ph,
                      "changed": changed, "flagged": flagged,
-                     "worse": worse, "regression": flagged and worse and counts})
+                     "worse": worse, "regression": (flagged and worse and counts) or weaker})
     m = pd.DataFrame(rows)
     if not m.empty:
         m["_nan"] = m["rel"].isna()  # appeared / vanished metrics first among the flagged
@@ -298,6 +331,12 @@ def _p(p: float, p_holm: float) -> str:
     if p is None or math.isnan(p):
         return ""
     return f"{p:.2g} ({p_holm:.2g})"
+
+
+def _ci(low: float, high: float) -> str:
+    if not all(isinstance(v, float) and math.isfinite(v) for v in (low, high)):
+        return ""
+    return f"[{_num(low, 3)}, {_num(high, 3)}]"
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -324,16 +363,19 @@ def format_comparison(comp: Comparison, show_all: bool = False) -> str:
     m = comp.metrics
     shown = m if show_all else comp.changed
     if not shown.empty:
-        lines.append(f"\nmetric differences (B − A; ! = significant: Holm-adjusted p < {ALPHA} "
-                     "in a bootstrap test over pairs/targets, paired when both runs used the same "
-                     "ones; for metrics without per-item data a Welch t-test over seeds/folds, "
-                     "or with one seed beyond 2×seed spread; "
+        lines.append(f"\nmetric differences (B − A with its 95 % interval; ! = significant: "
+                     f"Holm-adjusted p < {ALPHA} in a t-test over replicates (paired when both "
+                     f"runs have the same seeds/folds, else Welch), which needs ≥ {MIN_REPLICATES} "
+                     "replicates a side; with one replicate only a reproduction check (same "
+                     "settings, same items) decides; old runs without per-item data and one seed: "
+                     "beyond 2×seed spread; "
                      "▼ = worse for the defender; * = counts as a regression):")
         table = pd.DataFrame({
             "defense": shown["defense"], "attack": shown["attack"], "metric": shown["metric"],
             "A": [_cell(a, s, n) for a, s, n in zip(shown["mean_a"], shown["std_a"], shown["n_a"])],
             "B": [_cell(b, s, n) for b, s, n in zip(shown["mean_b"], shown["std_b"], shown["n_b"])],
             "Δ": [_num(d) for d in shown["delta"]],
+            "95 %": [_ci(lo, hi) for lo, hi in zip(shown["delta_low"], shown["delta_high"])],
             "rel": ["" if math.isnan(x) or math.isinf(x) else f"{100 * x:.1f}%" for x in shown["rel"]],
             "p (Holm)": [_p(p, ph) for p, ph in zip(shown["p"], shown["p_holm"])],
             "test": shown["test"],

@@ -1,8 +1,12 @@
 """Figures of a run, drawn from its cell records and sample arrays with matplotlib (Agg backend).
 
-- ``reconstructions.png``: originals in the first row, then one row per defense × attack
-  (`[H]` Fig. 3 / Fig. 5), with each row's SSIM / PSNR at its right.
-- ``privacy_utility.png``: Score_pp vs Score_cls, one point per defense, one panel per attack.
+- ``reconstructions_<attack>.png``: one grid per attack, originals in the first row (and again
+  every few rows), then one row per defense (`[H]` Fig. 3 / Fig. 5), each row's SSIM / PSNR at
+  its right.
+- ``privacy_utility.png``: Score_pp vs Score_cls, one point per defense, one panel per attack (one
+  panel per defense family in large matrices).
+- ``curves_recognizers.png``, ``curves_<attack>.png``: training curves, when the records have
+  them (:mod:`bench.reporting.curve_figures`).
 - ``advface_eps.png``: AdvFace's ε sweep as PSNR vs accuracy (`[A]` Fig. 4), when the run has one.
 - ``k_share.png``: share of each k chosen by AdaMixUp (`[H]` Table 3), when the run has it.
 
@@ -26,21 +30,21 @@ from bench.reporting.cells import base_name, cells_frame, is_stat_column
 from bench.reporting.tables import own_k_values, table2, table3
 from bench.store import atomic_write_bytes  # noqa: E402
 
-FIGURES = {
-    "fig_reconstructions": "reconstructions.png",
+FIGURES = {  # besides the per-attack ones (reconstructions_<attack>.png, curves_<attack>.png)
     "fig_privacy_utility": "privacy_utility.png",
     "fig_advface_eps": "advface_eps.png",
     "fig_k_share": "k_share.png",
+    "fig_curves_recognizers": "curves_recognizers.png",
 }
 FIGURE_CAPTIONS = {
-    "fig_reconstructions": "Reconstructions: originals (top row), then what each attack recovers "
-                           "from each defense (first seed). Right: that cell's SSIM / PSNR.",
     "fig_privacy_utility": "Privacy–utility trade-off: Score_pp vs Score_cls per defense (mean ± std "
                            "over seeds); the top-right corner is best. When some defenses have no "
                            "image view (feature-domain: no S1/S2, so no raw_pp or Score), a second "
                            "row plots every defense by S3 + S4 of the reconstruction vs accuracy.",
     "fig_advface_eps": "AdvFace ε sweep: reconstruction PSNR vs verification accuracy.",
     "fig_k_share": "Share of each k drawn by the AdaMixUp policy (mean ± std over seeds).",
+    "fig_curves_recognizers": "Training of the recognizers (baseline F1, each defense's F2) and of "
+                              "the defenses' fitted parts: loss relative to epoch 1 (first seed).",
 }
 #: [H] Table 3 by the variant's set of k (ALGORITHMS §10), drawn as reference markers
 H_TABLE3 = {(2, 3, 4, 5, 6): [.17, .25, .13, .26, .19], (2, 3, 4, 5): [.21, .28, .16, .35],
@@ -101,15 +105,24 @@ def _load_samples(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+#: a reconstruction grid repeats its row of originals after this many rows, so every row has the
+#: faces it reconstructs within sight (a 37-defense grid is otherwise read far from its top row)
+ORIGINALS_EVERY = 8
+
+
 def reconstruction_grid(run_dir: Path, records: list[dict[str, Any]], path: Path,
-                        max_cols: int = 8) -> bool:
-    """Originals, then one row per defense × attack of the lowest seed that has samples.
+                        max_cols: int = 8, attack: str | None = None) -> bool:
+    """Originals, then one row per defense (× attack) of the lowest seed that has samples; the
+    originals again every :data:`ORIGINALS_EVERY` rows. ``attack``: only that attack's cells
+    (draw_all draws one grid per attack).
 
     Rows are grouped by attack, the unprotected defense first, so a column reads as "this face
     under every defense"; each row ends with that cell's SSIM / PSNR.
     """
     cells = []
     for rec in records:
+        if attack is not None and rec.get("attack") != attack:
+            continue
         npz = Path(run_dir) / "cells" / (Path(rec.get("_file", "")).stem + ".npz")
         if rec.get("status", "ok") == "ok" and npz.is_file():
             cells.append((rec, npz))
@@ -129,19 +142,28 @@ def reconstruction_grid(run_dir: Path, records: list[dict[str, Any]], path: Path
         warnings.warn("reconstruction grid: rows whose image size differs from the originals' "
                       "were left out")
     rows = keep
+    # originals first and again every ORIGINALS_EVERY rows: (None, None) marks an originals row
+    layout: list[tuple[Any, Any]] = []
+    for i, row in enumerate(rows):
+        if i % ORIGINALS_EVERY == 0:
+            layout.append((None, None))
+        layout.append(row)
     # One mosaic image, one imshow: hundreds of small axes would take seconds per figure.
-    mosaic = _mosaic([originals[:n]] + [s["reconstruction"][:n] for _, s in rows])
+    mosaic = _mosaic([originals[:n] if s is None else s["reconstruction"][:n] for _, s in layout])
     cell, left, right, top = 0.85, 1.7, 0.85, 0.5  # inches
-    width, height = left + n * cell + right, top + (len(rows) + 1) * cell + 0.1
+    width, height = left + n * cell + right, top + len(layout) * cell + 0.1
     fig = plt.figure(figsize=(width, height))
-    ax = fig.add_axes((left / width, 0.1 / height, n * cell / width, (len(rows) + 1) * cell / height))
+    ax = fig.add_axes((left / width, 0.1 / height, n * cell / width, len(layout) * cell / height))
     ax.imshow(mosaic, interpolation="nearest" if max(shape) < 64 else "antialiased")
     ax.set_axis_off()
-    tile = mosaic.shape[0] / (len(rows) + 1)
-    ax.text(-0.02 * mosaic.shape[1], tile / 2, "original", ha="right", va="center", fontweight="bold")
+    tile = mosaic.shape[0] / len(layout)
     mismatch = False
-    for i, (rec, s) in enumerate(rows, start=1):
-        label = f"{rec['defense']}\n× {rec['attack']}"
+    for i, (rec, s) in enumerate(layout):
+        if rec is None:
+            ax.text(-0.02 * mosaic.shape[1], (i + 0.5) * tile, "original", ha="right",
+                    va="center", fontweight="bold")
+            continue
+        label = rec["defense"] if attack is not None else f"{rec['defense']}\n× {rec['attack']}"
         # a row whose targets differ from the first row's originals would be misread: mark it
         if not np.array_equal(s["original"][:n], originals[:n]):
             label += " *"
@@ -151,7 +173,8 @@ def reconstruction_grid(run_dir: Path, records: list[dict[str, Any]], path: Path
         p = rec.get("privacy") or {}
         ax.text(1.01 * mosaic.shape[1], y, f"SSIM {_fmt(p.get('SSIM'), 2)}\nPSNR {_fmt(p.get('PSNR'), 1)}",
                 ha="left", va="center", fontsize=8, color="0.25")
-    title = f"What the attacker reconstructs (seed {seed})"
+    title = (f"What {attack} reconstructs (seed {seed})" if attack is not None
+             else f"What the attacker reconstructs (seed {seed})")
     if mismatch:
         title += "\n* row's targets differ from the originals shown"
     fig.suptitle(title, fontweight="bold", y=1 - 0.08 / height, va="top")
@@ -192,7 +215,7 @@ def _err(v: Any) -> float | None:
 
 
 def _bars(pts: pd.DataFrame, col: str, scale: float = 1.0) -> dict[Any, Any]:
-    """Error bar of each point: the 95 % bootstrap interval (asymmetric) when the table has it,
+    """Error bar of each point: the 95 % interval (§12.1; asymmetric) when the table has it,
     else ± the seed std, else none; ``scale`` maps it like the point (Scores are linear)."""
     out: dict[Any, Any] = {}
     for idx in pts.index:
@@ -243,31 +266,42 @@ def _panel_modes(sub: pd.DataFrame, acc_col: str | None) -> list[str]:
     return modes
 
 
-def _panel(ax: plt.Axes, sub: pd.DataFrame, acc_col: str | None, style: dict[str, tuple],
-           mode: str) -> set[str]:
-    """One attack's points in one mode (see :func:`_panel_modes`); returns the defenses drawn.
-    Error bars are the seed std, mapped through the same min-max as the point in Score mode
+def _points(sub: pd.DataFrame, acc_col: str | None, mode: str) -> tuple[pd.DataFrame, pd.Series,
+                                                                        pd.Series, dict, dict]:
+    """One attack's drawable points in one mode: ``(rows, x, y, xerr, yerr)``. Error bars are the
+    95 % interval (else the seed std), mapped through the same min-max as the point in Score mode
     (a Score is linear in the mean)."""
     acc_ok = sub[acc_col].notna() if acc_col else pd.Series(True, index=sub.index)
     if mode == "scores":
         pts = sub[sub["Score_pp"].notna() & sub["Score_cls"].notna()]
         pp_rng = _span(sub.loc[sub["Score_pp"].notna(), "raw_pp"])
         cls_rng = _span(sub.loc[sub["Score_cls"].notna(), acc_col])
-        x, y = pts["Score_pp"], pts["Score_cls"]
-        xerr = _bars(pts, "raw_pp", 0.5 / pp_rng)
-        yerr = _bars(pts, acc_col, 0.5 / cls_rng)
+        return (pts, pts["Score_pp"], pts["Score_cls"], _bars(pts, "raw_pp", 0.5 / pp_rng),
+                _bars(pts, acc_col, 0.5 / cls_rng))
+    col = "raw_pp" if mode == "raw" else "S34"
+    pts = sub[sub[col].notna() & acc_ok]
+    y = pts[acc_col] if acc_col else pd.Series(0.0, index=pts.index)
+    yerr = _bars(pts, acc_col) if acc_col else {i: None for i in pts.index}
+    return pts, pts[col], y, _bars(pts, col), yerr
+
+
+def _axes_for(ax: plt.Axes, acc_col: str | None, mode: str) -> None:
+    """Labels (and the iso-Score lines of Score mode) of a panel in ``mode``."""
+    if mode == "scores":
         _iso_score_lines(ax)
         ax.set_xlabel("Score_pp  (privacy →)")
         ax.set_ylabel("Score_cls  (utility →)")
-    else:
-        col = "raw_pp" if mode == "raw" else "S34"
-        pts = sub[sub[col].notna() & acc_ok]
-        x, xerr = pts[col], _bars(pts, col)
-        y = pts[acc_col] if acc_col else pd.Series(0.0, index=pts.index)
-        yerr = _bars(pts, acc_col) if acc_col else {i: None for i in pts.index}
-        ax.set_xlabel("raw_pp = 0.4(S1+S2) + 0.6(S3+S4)  (privacy →)" if mode == "raw" else
-                      "S3 + S4 of the reconstruction  (privacy →)")
-        ax.set_ylabel(f"accuracy on {acc_col[4:]} (%)  (utility →)" if acc_col else "")
+        return
+    ax.set_xlabel("raw_pp = 0.4(S1+S2) + 0.6(S3+S4)  (privacy →)" if mode == "raw" else
+                  "S3 + S4 of the reconstruction  (privacy →)")
+    ax.set_ylabel(f"accuracy on {acc_col[4:]} (%)  (utility →)" if acc_col else "")
+
+
+def _panel(ax: plt.Axes, sub: pd.DataFrame, acc_col: str | None, style: dict[str, tuple],
+           mode: str) -> set[str]:
+    """One attack's points in one mode (see :func:`_panel_modes`); returns the defenses drawn."""
+    pts, x, y, xerr, yerr = _points(sub, acc_col, mode)
+    _axes_for(ax, acc_col, mode)
     for idx in pts.index:
         name = pts.at[idx, "Method"]
         color, marker = style[name]
@@ -298,12 +332,79 @@ def _with_recon_privacy(t2: pd.DataFrame, records: list[dict[str, Any]]) -> pd.D
                     on=["Method", "Attack"], how="left")
 
 
+#: above this many defenses the privacy–utility figure gets one panel per defense family
+#: instead of one per attack (37 defenses in one panel: labels overlap, the legend hides a panel)
+FAMILY_PANELS_ABOVE = 10
+FAMILY_COLUMNS = 4
+
+
+def _family_figure(t2: pd.DataFrame, attacks: list[str], subs: dict[str, pd.DataFrame],
+                   modes_of: dict[str, list[str]], rows: list[str], acc_col: str | None,
+                   names: list[str]) -> tuple[plt.Figure, set[str]]:
+    """One panel per defense family and mode: the family's variants in colour (a legend of its
+    variants under the panel), the attack as the marker (one legend for the figure), every other
+    defense as grey context; the panels of a mode share their axes' limits."""
+    from matplotlib.lines import Line2D
+
+    families = list(dict.fromkeys(base_name(n) for n in names))
+    cols = min(FAMILY_COLUMNS, len(families))
+    per_mode = math.ceil(len(families) / cols)
+    fig, axes = plt.subplots(per_mode * len(rows), cols, squeeze=False,
+                             figsize=(4.0 * cols, 5.0 * per_mode * len(rows) + 0.8))
+    attack_marker = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(attacks)}
+    cmap = plt.get_cmap("tab10")
+    drawn: set[str] = set()
+    for r, mode in enumerate(rows):
+        points = {a: _points(subs[a], acc_col, mode) for a in attacks if mode in modes_of[a]}
+        xs = pd.concat([p[1] for p in points.values()] or [pd.Series(dtype=float)]).dropna()
+        ys = pd.concat([p[2] for p in points.values()] or [pd.Series(dtype=float)]).dropna()
+        for f, family in enumerate(families):
+            ax = axes[r * per_mode + f // cols, f % cols]
+            _axes_for(ax, acc_col, mode)
+            variants = sorted({n for n in names if base_name(n) == family})
+            color = {v: cmap(i % 10) for i, v in enumerate(variants)}
+            for attack, (pts, x, y, xerr, yerr) in points.items():
+                other = ~pts["Method"].map(base_name).eq(family)
+                ax.scatter(x[other], y[other], s=10, color="0.8", zorder=1, linewidths=0)
+                for idx in pts.index[~other]:
+                    name = pts.at[idx, "Method"]
+                    ax.errorbar(x[idx], y[idx], xerr=xerr[idx], yerr=yerr[idx],
+                                fmt=attack_marker[attack], ms=7, capsize=2, color=color[name],
+                                ecolor=color[name], elinewidth=1, mec="white", mew=0.6, zorder=3)
+                    drawn.add(name)
+            if mode != "scores" and len(xs) and len(ys):  # shared limits: panels compare
+                ax.set_xlim(*_padded(xs))
+                ax.set_ylim(*_padded(ys))
+            note = {"scores": "", "raw": " (raw_pp)", "recon": " (S3 + S4)"}[mode]
+            ax.set_title(f"{family}{note}", fontsize=9.5)
+            shown = [v for v in variants if v in drawn]
+            if len(shown) > 1 or (shown and shown[0] != family):
+                ax.legend([Line2D([], [], color=color[v], marker="o", ls="") for v in shown], shown,
+                          loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7,
+                          handletextpad=0.2, columnspacing=0.8)
+        for f in range(len(families), per_mode * cols):
+            axes[r * per_mode + f // cols, f % cols].set_axis_off()
+    if len(attacks) > 1:
+        fig.legend([Line2D([], [], color="0.3", marker=attack_marker[a], ls="") for a in attacks],
+                   [f"attack {a}" for a in attacks], loc="upper center", ncol=len(attacks),
+                   bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()))
+    return fig, drawn
+
+
+def _padded(values: pd.Series, pad: float = 0.08) -> tuple[float, float]:
+    """Axis limits around ``values`` (points, not error bars: one wide interval must not squeeze
+    every panel), with a margin."""
+    lo, hi = float(values.min()), float(values.max())
+    span = hi - lo or max(abs(hi), 1.0) * 0.1
+    return lo - pad * span, hi + pad * span
+
+
 def privacy_utility(records: list[dict[str, Any]], path: Path,
                     colors: dict[str, Any] | None = None) -> bool:
     """Score_pp vs Score_cls, one point per defense (error bars over seeds), a panel per attack;
-    a second row with S3 + S4 when feature-domain defenses have no Score (see _panel_modes)."""
-    import textwrap
-
+    a second row with S3 + S4 when feature-domain defenses have no Score (see _panel_modes).
+    With more than :data:`FAMILY_PANELS_ABOVE` defenses, one panel per defense family instead
+    (:func:`_family_figure`)."""
     ok = [r for r in records if r.get("status", "ok") == "ok"]
     t2 = table2(ok)
     if t2.empty:
@@ -326,6 +427,16 @@ def privacy_utility(records: list[dict[str, Any]], path: Path,
     rows = [m for m in ("scores", "raw", "recon") if any(m in ms for ms in modes_of.values())]
     if not rows:
         return False
+    if len(names) > FAMILY_PANELS_ABOVE:
+        fig, drawn = _family_figure(t2, attacks, subs, modes_of, rows, acc_col, names)
+        height = fig.get_figheight()
+        fig.suptitle("Privacy vs utility per defense family (top right is best; grey: every other "
+                     "defense; marker: the attack; bars: 95 % interval)",
+                     fontweight="bold", y=1 - 0.12 / height, va="top")
+        _note_missing(fig, [n for n in names if n not in drawn], 4)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))  # room for the title and attack legend
+        _save(fig, path)
+        return True
     fig, axes = plt.subplots(len(rows), len(attacks), figsize=(4.4 * len(attacks) + 2.2,
                                                                 4.7 * len(rows) + 0.3), squeeze=False)
     drawn: set[str] = set()
@@ -341,18 +452,24 @@ def privacy_utility(records: list[dict[str, Any]], path: Path,
     # attached to a panel, not the figure: equal-aspect panels leave the figure's edge far off
     axes[0, -1].legend([handles[k] for k in sorted(handles)], sorted(handles), loc="upper left",
                        bbox_to_anchor=(1.03, 1.0), title="defense")
-    fig.suptitle("Privacy vs utility (top right is best; bars: 95 % bootstrap interval)",
+    fig.suptitle("Privacy vs utility (top right is best; bars: 95 % interval)",
                  fontweight="bold")
-    missing = [n for n in names if n not in drawn]
-    if missing:  # say who is absent rather than let a missing point pass unnoticed
-        note = ("Not shown — the panel's privacy measure is undefined for them (raw_pp needs an "
-                "image view for S1/S2; Scores exist only for protected defenses): "
-                + ", ".join(missing))
-        fig.text(0.01, -0.02, textwrap.fill(note, 40 * len(attacks) + 30), fontsize=7.5,
-                 color="0.35", va="top")
+    _note_missing(fig, [n for n in names if n not in drawn], len(attacks))
     fig.tight_layout()
     _save(fig, path)
     return True
+
+
+def _note_missing(fig: plt.Figure, missing: list[str], panels_wide: int) -> None:
+    """Say who is absent rather than let a missing point pass unnoticed."""
+    import textwrap
+
+    if missing:
+        note = ("Not shown — the panel's privacy measure is undefined for them (raw_pp needs an "
+                "image view for S1/S2; Scores exist only for protected defenses): "
+                + ", ".join(missing))
+        fig.text(0.01, -0.02, textwrap.fill(note, 40 * panels_wide + 30), fontsize=7.5,
+                 color="0.35", va="top")
 
 
 # -- AdvFace ε curve ------------------------------------------------------------------------------
@@ -469,24 +586,54 @@ def _nz(v: Any) -> float:
 
 
 # -- all of them ----------------------------------------------------------------------------------
+def figure_caption(name: str) -> str:
+    """The caption of figure ``name`` (per-attack figures carry the attack in their name)."""
+    if name in FIGURE_CAPTIONS:
+        return FIGURE_CAPTIONS[name]
+    for prefix, caption in PER_ATTACK_CAPTIONS.items():
+        if name.startswith(prefix):
+            return caption.format(attack=name[len(prefix):])
+    return name
+
+
+#: per-attack figures: ``<prefix><attack>`` → caption
+PER_ATTACK_CAPTIONS = {
+    "fig_reconstructions_": "Reconstructions by {attack}: originals (repeated every few rows), then "
+                            "what the attack recovers from each defense (first seed). Right: that "
+                            "cell's SSIM / PSNR.",
+    "fig_curves_": "Training of attack {attack} per defense (first seed): the loss its convergence "
+                   "is judged on, relative to epoch 1 (held-out dashed where the attack keeps a "
+                   "held-out split); red title: still falling steeply over the shaded last epochs.",
+}
+
+
 def draw_all(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
     """Draw every figure the records support into ``run_dir/figures/``; remove stale ones."""
+    from bench.reporting import curve_figures
+
     fig_dir = Path(run_dir) / "figures"
     colors = colors_for([r["defense"] for r in records])  # one defense, one colour, every figure
-    drawers = {
-        "fig_reconstructions": lambda p: reconstruction_grid(run_dir, records, p),
-        "fig_privacy_utility": lambda p: privacy_utility(records, p, colors),
-        "fig_advface_eps": lambda p: advface_eps(records, p),
-        "fig_k_share": lambda p: k_share(records, p, colors),
+    attacks = list(dict.fromkeys(r["attack"] for r in records))
+    drawers = {  # name → (file, draw)
+        **{f"fig_reconstructions_{a}": (f"reconstructions_{a}.png", lambda p, a=a: reconstruction_grid(
+            run_dir, records, p, attack=a)) for a in attacks},
+        "fig_privacy_utility": (FIGURES["fig_privacy_utility"],
+                                lambda p: privacy_utility(records, p, colors)),
+        "fig_advface_eps": (FIGURES["fig_advface_eps"], lambda p: advface_eps(records, p)),
+        "fig_k_share": (FIGURES["fig_k_share"], lambda p: k_share(records, p, colors)),
+        "fig_curves_recognizers": (FIGURES["fig_curves_recognizers"],
+                                   lambda p: curve_figures.recognizer_curves(records, p)),
+        **{f"fig_curves_{a}": (f"curves_{a}.png", lambda p, a=a: curve_figures.attack_curves(
+            records, a, p)) for a in curve_figures.attacks_with_curves(records)},
     }
     out = {}
     with plt.rc_context(STYLE):
-        for name, draw in drawers.items():
-            path = fig_dir / FIGURES[name]
+        for name, (file, draw) in drawers.items():
+            path = fig_dir / file
             try:
                 drawn = draw(path)
             except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
-                warnings.warn(f"figure {FIGURES[name]} could not be drawn ({type(exc).__name__}: "
+                warnings.warn(f"figure {file} could not be drawn ({type(exc).__name__}: "
                               f"{exc}); the tables and cell records are unaffected")
                 plt.close("all")
                 drawn = False
@@ -494,4 +641,14 @@ def draw_all(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
                 out[name] = path
             else:
                 path.unlink(missing_ok=True)
+    _remove_stale(fig_dir, {p.name for p in out.values()})
     return out
+
+
+def _remove_stale(fig_dir: Path, keep: set[str]) -> None:
+    """Per-attack figures of attacks the records no longer have (a report never shows numbers
+    its records do not support)."""
+    if fig_dir.is_dir():
+        for path in fig_dir.glob("*.png"):
+            if path.name not in keep and path.name.startswith(("reconstructions", "curves_")):
+                path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.reporting.figures import FIGURE_CAPTIONS
+from bench.reporting.figures import figure_caption
 from bench.reporting.tables import TABLE_TITLES
 from bench.reporting.templates import page
 from bench.store import atomic_write_text
@@ -42,7 +42,7 @@ def fmt_number(v: Any) -> str:
 
 def table_html(df: pd.DataFrame) -> str:
     """An HTML table where each ``col`` with companions reads ``mean ± std [ci_low, ci_high]``
-    (the 95 % bootstrap interval, ALGORITHMS §12)."""
+    (the 95 % interval, ALGORITHMS §12.1: Student-t over replicates, or the items of one)."""
     def companion(c: str) -> bool:
         return any(c.endswith(suf) and c[:-len(suf)] in df.columns
                    for suf in ("_std", "_ci_low", "_ci_high"))
@@ -122,7 +122,7 @@ def render(run_dir: Path, tables: dict[str, pd.DataFrame], figures: dict[str, Pa
     if figures:
         parts.append("<h2>Figures</h2>")
         for name, path in figures.items():
-            cap = FIGURE_CAPTIONS.get(name, name)
+            cap = figure_caption(name)
             parts.append(f"<figure id='{name}'><img src='{png_data_uri(path)}' "
                          f"alt='{html.escape(cap, quote=True)}'><figcaption>{html.escape(cap)}"
                          f"</figcaption></figure>")

@@ -1,9 +1,9 @@
 """``leaderboard.html``: the leaderboard as one self-contained page (no network, no files beside it).
 
-Every metric cell reads ``mean [ci_low, ci_high]`` (its 95 % bootstrap interval) with the seed std
+Every metric cell reads ``mean [ci_low, ci_high]`` (its 95 % interval, §12.1) with the seed std
 on hover; the comparable-settings key columns come first and are always visible; a click on any
 column header sorts by it (numbers numerically, by the mean; a second click reverses). Ranks carry
-``=`` when tied (overlapping intervals, :func:`bench.reporting.leaderboard.tie_ranks`). The one inline script
+``=`` when tied (overlapping intervals or under 3 replicates, :func:`bench.reporting.leaderboard.tie_ranks`). The one inline script
 only sorts rows: it reads nothing and fetches nothing.
 """
 from __future__ import annotations
@@ -70,11 +70,14 @@ def leaderboard_html(table: pd.DataFrame) -> str:
     legend = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in KEY_HELP.items())
     return page("faceprivbench leaderboard", (
         "<h1>Leaderboard</h1>"
-        f"<p class='meta'>{len(table)} rows. Each metric: mean [95 % bootstrap interval over "
-        "verification pairs / reconstruction targets and seeds/folds]; hover for the std. Ranks "
-        "compare rows of one block (same dataset, preset, perceptual metric, environment, attack "
-        "and knowledge): rank_utility by accuracy, rank_privacy by SRRA (lower leaks less); "
-        "<b>=</b> marks a tie — intervals overlap. Click a header to sort.</p>"
+        f"<p class='meta'>{len(table)} rows. Each metric: mean [95 % interval: Student-t over "
+        "the replicate means (seeds × folds, n_replicates) with two or more; with one, over the "
+        "verification pairs / reconstruction targets of that one trained model]; hover for the "
+        "std. Ranks compare rows of one block (same dataset, preset, perceptual metric, "
+        "environment, attack and knowledge): rank_utility by accuracy, rank_privacy by SRRA "
+        "(lower leaks less); <b>=</b> marks a tie — intervals overlap, or a row rests on fewer "
+        "than 3 replicates (one model's items cannot show training noise). Click a header to "
+        "sort.</p>"
         f"<ul class='legend'>{legend}</ul>"
         f"<div class='scroll'><table class='lb'><thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table></div>"

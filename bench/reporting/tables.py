@@ -13,6 +13,11 @@ sample standard deviation (ddof = 1; empty with a single seed: no spread was mea
 - ``table4.csv``: `[A]` Table 4, SSIM for AdvFace's shadow decoder × the attacker's decoder.
 - ``table5.csv``: SSIM and SRRA per kind of attacker (decoder, CGAN, Carlini learned / oracle,
   white-box), ``n/a`` where an attack does not apply.
+- ``worst_case.csv``: per defense and knowledge, the strongest attack on each leak metric and the
+  attack families covered (ALGORITHMS §15, :mod:`bench.reporting.worst_case`).
+- ``convergence.csv``: per cell, whether its attack's loss had stopped falling
+  (:mod:`bench.reporting.curves`); a (defense, attack) row of ``table2.csv`` with a cell that had
+  not says ``not converged`` in its ``note``. Records without training curves give no table.
 
 Cells where an attack does not apply (``status: n/a``) keep their row in ``table2.csv`` with the
 reason in its ``note`` column and no privacy numbers.
@@ -30,17 +35,19 @@ import pandas as pd
 from bench.reporting.cells import (ITEMS, PRIVACY_COLUMNS, RECON_COLUMNS, _num, acc_columns,
                                    base_name, cells_frame, independent_columns, is_stat_column,
                                    primary_acc_column)
+from bench.reporting.curves import NOT_CONVERGED, cells_not_converged, convergence_table, rule_text
 from bench.reporting.stats import interval, replicate_interval
+from bench.reporting.worst_case import underpowered_attacks, worst_case
 from bench.store import atomic_write_text
 
 
 def mean_std(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
     """Group by ``keys``: per column the mean over replicates (seeds × folds), ``<col>_std``
     (ddof 1 over replicates; NaN with one: a spread of 0 would claim a precision we lack), the
-    95 % bootstrap interval ``<col>_ci_low`` / ``<col>_ci_high`` (over pairs or targets and
-    replicates; over replicates alone for metrics without per-item vectors — ALGORITHMS §12,
-    :mod:`bench.reporting.stats`), then ``n_seeds`` and, when the run has identity folds,
-    ``n_folds``."""
+    95 % interval ``<col>_ci_low`` / ``<col>_ci_high`` (ALGORITHMS §12.1,
+    :mod:`bench.reporting.stats`: Student-t on the replicate means with two or more replicates;
+    with one, a bootstrap over its pairs or targets, which describes that one trained model only),
+    then ``n_seeds`` and, when the run has identity folds, ``n_folds``."""
     rows = []
     for key, sub in df.groupby(keys, sort=False, dropna=False):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
@@ -65,16 +72,20 @@ def mean_std(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame
 
 
 def with_privacy_budget(out: pd.DataFrame, cells: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Add ``epsilon`` / ``delta`` (DP-SGD's accounted budget, mean over replicates) to every row
-    of a defense that has one, when any cell of the run does (ALGORITHMS §4.4)."""
+    """Add ``epsilon`` / ``delta`` (DP-SGD's accounted budget, mean over replicates) and
+    ``dp_level`` (the unit ε protects: ``image`` or ``identity``, issue 20) to every row of a
+    defense that has one, when any cell of the run does (ALGORITHMS §4.4)."""
     if "epsilon" not in cells or not cells["epsilon"].notna().any():
         return out
     budget = cells.groupby("defense")[["epsilon", "delta"]].mean()
-    return out.assign(epsilon=out[key].map(budget["epsilon"]), delta=out[key].map(budget["delta"]))
+    levels = (cells.dropna(subset=["epsilon"]).groupby("defense")["dp_level"].first()
+              if "dp_level" in cells else pd.Series(dtype=object))
+    return out.assign(epsilon=out[key].map(budget["epsilon"]), delta=out[key].map(budget["delta"]),
+                      dp_level=out[key].map(levels))
 
 
 def budget_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in ("epsilon", "delta") if c in df]
+    return [c for c in ("epsilon", "delta", "dp_level") if c in df]
 
 
 def ci_columns(cols: list[str]) -> list[str]:
@@ -126,12 +137,47 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
         sub["Score"] = [score(p, c) for p, c in zip(sub["Score_pp"], sub["Score_cls"])]
         parts.append(sub)
     out = with_privacy_budget(pd.concat(parts), df, "defense")
+    lagging = cells_not_converged(records)  # attacks still improving when they stopped
+    if lagging:
+        out["note"] = ["; ".join(x for x in (n, NOT_CONVERGED if (d, a) in lagging else "") if x)
+                       for d, a, n in zip(out["defense"], out["attack"], out["note"].fillna(""))]
+    weak = underpowered_attacks(records)  # ALGORITHMS §15: under its floor on `none` in this run
+    if weak:
+        out["note"] = ["; ".join(x for x in (n, "underpowered on none" if a in weak else "") if x)
+                       for a, n in zip(out["attack"], out["note"].fillna(""))]
     cols = (["defense", "attack", "knowledge", "Score", "Score_pp", "Score_cls"] + num_cols
             + [f"{c}_std" for c in num_cols] + ci_columns(num_cols)
             + ["perceptual_metric"] + replicate_columns(out) + budget_columns(out) + ["note"])
     out["knowledge"] = out["knowledge"].fillna("")  # n/a cells and pre-option records: blank
-    return out[cols].rename(columns={"defense": "Method", "attack": "Attack",
-                                     "knowledge": "Knowledge"}).reset_index(drop=True)
+    table = out[cols].rename(columns={"defense": "Method", "attack": "Attack",
+                                      "knowledge": "Knowledge"}).reset_index(drop=True)
+    table.attrs["undefined"] = undefined_notes(out, first_acc)
+    table.attrs["explained"] = ["Score", "Score_pp", "Score_cls", "S1", "S2", "raw_pp"]
+    return table
+
+
+def undefined_notes(out: pd.DataFrame, acc_col: str | None) -> list[str]:
+    """Why Table 2 has no value in a cell (printed under the console table, where it reads "–"):
+    scores need two protected defenses per attack that differ (min-max, ALGORITHMS §8), rank
+    protected defenses only, and S1/S2 (hence raw_pp and the scores) need an image view."""
+    notes = []
+    prot = out["protected"].fillna(True).astype(bool)
+    for attack, sub in out[prot].groupby("attack", sort=False):
+        n = int(sub[acc_col].notna().sum()) if acc_col else 0
+        if sub["Score_cls"].isna().all():
+            notes.append(f"Score, Score_pp, Score_cls ({attack}): min-max over the protected "
+                         f"defenses needs ≥ 2 that differ, this run has {n}; add another defense "
+                         "to --defenses")
+    unprotected = sorted(set(out.loc[~prot, "defense"]))
+    if unprotected:
+        notes.append(f"Score, Score_pp, Score_cls of {', '.join(unprotected)}: not scored — "
+                     "unprotected rows are the reference; scores rank the protected defenses")
+    no_view = sorted(set(out.loc[prot & out["S1"].isna() & out["S3"].notna(), "defense"]))
+    if no_view:
+        notes.append(f"S1, S2, raw_pp, Score_pp, Score of {', '.join(no_view)}: undefined — "
+                     "the defense publishes no image view of the protected data (a feature map), "
+                     "and S1/S2 compare one with the original")
+    return notes
 
 
 TABLE1_BASES = {"mixup_rgb": ("MixUp", "RGB"), "mixup_fd": ("MixUp", "FD"),
@@ -202,6 +248,10 @@ def report_notes(records: list[dict[str, Any]]) -> list[str]:
     gaps = table1_gaps(records)
     if gaps:
         notes.append(f"table1.csv is one-sided; add {','.join(gaps)} to --defenses for the other column")
+    lagging = cells_not_converged(records)
+    if lagging:
+        notes.append(f"{len(lagging)} defense × attack row(s) marked '{NOT_CONVERGED}' "
+                     f"({rule_text()}); see convergence.csv, or train the attack longer")
     return notes
 
 
@@ -357,14 +407,15 @@ def table5(records: list[dict[str, Any]]) -> pd.DataFrame:
             if hit is not None and len(names) > 1:
                 row[f"{col} attack"] = hit
         rows.append(row)
-    return pd.DataFrame(rows)
+    # DP-SGD's ε, δ and the unit ε protects, as in Table 2 (issue 20)
+    return with_privacy_budget(pd.DataFrame(rows), df, "Method")
 
 
 #: file stem → builder; build_report writes each non-empty one as ``<stem>.csv``.
 TABLES: dict[str, Callable[[list[dict[str, Any]]], pd.DataFrame]] = {
     "table2": table2, "table1": table1, "table3": table3,
     "advface_table1": advface_table1, "advface_table2": advface_table2, "table4": table4,
-    "table5": table5,
+    "table5": table5, "convergence": convergence_table, "worst_case": worst_case,
 }
 
 TABLE_TITLES = {
@@ -375,6 +426,9 @@ TABLE_TITLES = {
     "advface_table2": "[A] Table 2 — accuracy (%) of feature-domain defenses",
     "table4": "[A] Table 4 — SSIM, AdvFace shadow decoder × attacker decoder",
     "table5": "Table 5 — SSIM / SRRA per kind of attacker (decoder, CGAN, Carlini learned / oracle, white-box)",
+    "convergence": "Training convergence of each cell's attack (judged loss over its last epochs)",
+    "worst_case": "Worst case per defense and knowledge: the strongest attack on each leak metric, "
+                  "families covered (ALGORITHMS §15)",
 }
 
 
@@ -388,10 +442,65 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.4f"))
 
 
+UNDEFINED = "–"
+#: columns the console shows with their interval (besides every accuracy column)
+HEADLINE = ("SSIM", "SRRA")
+
+
+def _bound(v: float) -> str:
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
+def _with_interval(mean: Any, low: Any, high: Any) -> str:
+    if not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        return UNDEFINED
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return f"{mean:.3f} [{_bound(low)}, {_bound(high)}]"
+    return f"{mean:.3f}"
+
+
+def interval_legend(df: pd.DataFrame) -> str:
+    """What the ``[low, high]`` of the console table are, for the replicates the table has."""
+    seeds = df["n_seeds"] if "n_seeds" in df else pd.Series([1])
+    folds = df["n_folds"].fillna(1) if "n_folds" in df else pd.Series(1, index=seeds.index)
+    reps = (seeds.fillna(1) * folds).astype(int)
+    lo, hi = int(reps.min()), int(reps.max())
+    if hi <= 1:
+        return ("[low, high]: 95 % interval over the pairs / targets of one trained model per "
+                "row — training noise is not in it; compare defenses with --seeds 0,1,2 "
+                "(≥ 3 replicates)")
+    span = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return (f"[low, high]: 95 % Student-t interval over {span} replicates (seeds × folds)"
+            + ("; rows with one replicate: over its pairs / targets only" if lo == 1 else ""))
+
+
 def format_table(df: pd.DataFrame) -> str:
-    """A compact console rendering of a table (means only; the CSV has the spreads)."""
+    """A compact console rendering of a table: means (3 decimals), ``mean [low, high]`` for the
+    headline columns (accuracy, SSIM, SRRA) when the table has their intervals, ``–`` where a
+    value is undefined, and under the table what the intervals are and why values are missing
+    (``df.attrs["undefined"]``, set by :func:`table2`)."""
+    headline = [c for c in df.columns if (c.startswith("acc_") or c in HEADLINE)
+                and not is_stat_column(c) and f"{c}_ci_low" in df]
     drop = [c for c in df.columns if c in ("perceptual_metric", "n_seeds", "n_folds")
             or is_stat_column(c)]
-    with pd.option_context("display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.3f}".format):
-        return df.drop(columns=drop).to_string(index=False)
+    shown = df.drop(columns=drop).copy()
+    for c in shown.columns:
+        if c in headline:
+            shown[c] = [_with_interval(m, lo, hi) for m, lo, hi in
+                        zip(df[c], df[f"{c}_ci_low"], df[f"{c}_ci_high"])]
+        elif pd.api.types.is_float_dtype(shown[c]):
+            shown[c] = [UNDEFINED if not math.isfinite(v) else f"{v:.3f}" for v in shown[c]]
+        elif shown[c].dtype == object:
+            shown[c] = [UNDEFINED if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                        for v in shown[c]]
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        lines = [shown.to_string(index=False)]
+    if headline:
+        lines.append(interval_legend(df))
+    lines += [f"{UNDEFINED} {n}" for n in df.attrs.get("undefined", [])]
+    explained = set(df.attrs.get("explained", []))
+    rest = [c for c in shown.columns if c not in explained and (shown[c] == UNDEFINED).any()]
+    if rest:
+        lines.append(f"{UNDEFINED} in {', '.join(rest)}: not measured for that row (no attack in "
+                     "the run computes it, or the cell is n/a: see its note)")
+    return "\n".join(lines)

@@ -43,6 +43,7 @@ def main() -> None:
                                   workers=args.workers, split=(0.8, 0.1, 0.1), num_pairs=20,
                                   max_aux_images=args.max_split_images,
                                   max_test_images=args.max_split_images), seed=0)
+    train_kind = type(data.train).__name__  # what load_folder gives, before --in-memory
     if args.in_memory:
         data.train = data.train.materialise()
     loaded = time.perf_counter()
@@ -56,7 +57,8 @@ def main() -> None:
         "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "maxrss_children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         "maxrss_after_imports_kib": after_imports,
-        "train_kind": type(data.train).__name__,
+        "train_kind": train_kind,
+        "trained_on": type(data.train).__name__,
         "n_train": len(data.train),
         "n_aux": len(data.aux),
         "n_test": len(data.test),

@@ -8,15 +8,32 @@ machine slows a round at random, a real slowdown slows every round. Each round p
 ``<name> <ratio> (bound <bound>)``, so the figure shows in the log (``pytest -s``, or the
 failure report) before it fails a change; only the ratio measured in this run is asserted,
 never an absolute time.
+
+Every timing gate in this folder compares against a reference timed in the same round (this
+loop's, or the gate's own ABBA loop: the training overhead, the ``--jobs 2`` speed-up against a
+bare two-process loop's), so a busy machine slows both sides and a gate fails only for a
+regression of ours. ``hog_check.py`` shows it: each gate quiet, beside two CPU hogs, and with a
+regression injected through :func:`injected` (the one hook the gates honour, for that script).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+
+#: ``hog_check.py`` sets it to one gate's name to run that gate with its regression injected
+#: (the check that the gate can fail); nothing else sets it.
+REGRESSION_ENV = "BENCH_GATE_REGRESSION"
+
+
+def injected(gate: str) -> bool:
+    """Whether this run asks gate ``gate`` to inject its regression (``hog_check.py`` only)."""
+    return os.environ.get(REGRESSION_ENV) == gate
 
 
 @dataclass

@@ -9,36 +9,52 @@ chains, attacks) has four equal, CPU-bound tasks, each on one torch thread. A ru
 
 The loky workers are started and warmed by one untimed parallel run (imports, code
 fingerprints, the dataset cache; joblib reuses the same two processes for every later wave),
-as are this process's caches. Runs are then timed ABBA (serial, parallel, parallel, serial) so a
-load drift hits both sides alike; the speed-up is (serial total) / (parallel total), measured
-again (at most ``ROUNDS`` rounds, within ``BUDGET_S``) while under the bound: other processes
-on a busy 2-core machine slow a round at random, a lost speed-up slows every round.
+as are this process's caches.
 
-Bound: ≥ 1.6 on a 2-core machine (each wave's 4 tasks split 2 + 2; what is left serial is the
-driver's key computation, record writing, task pickling and the wave barriers). It is skipped
-on a machine with fewer than 2 cores, where no speed-up is possible.
+The gate is a ratio against the machine as it is now, never a constant speed-up: a busy machine
+lowers what ``--jobs 2`` can gain (the README's test command once measured 0.97 against the old
+fixed bound of 1.6 while another process held one core), and it lowers it alike for any
+CPU-bound work. So each round also times a bare reference: :func:`reference_run`, three waves of
+four equal pure-Python CPU-bound loops (``sum(range(n))``, no allocation, no library), once in
+this process and once on a bare two-process pool, the same shape as the matrix's waves. The
+round is ABBA-interleaved (ours serial, reference serial, reference parallel, ours parallel, and
+back) so that a load drift hits both alike, and the gate is
+
+    efficiency = (our --jobs 2 speed-up) / (the reference's 2-process speed-up),
+
+measured again (at most ``ROUNDS`` rounds, within ``BUDGET_S``) while under the bound: other
+processes slow a round at random, a lost speed-up lowers every round.
+
+Measured on the 2-core CI-class machine (other engineers' runs beside it, so "quiet" is
+quiet-ish): see ``BOUND``. Skipped on a machine with fewer than 2 cores, where no speed-up is
+possible.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from bench.backends import BackendSpec
+from bench.backends import BackendSpec, Session
 from bench.config import resolve
 from bench.matrix import run_matrix
 from conftest import TINY_SETTINGS
+from ratio import injected
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SETTINGS = [*TINY_SETTINGS, "recognizer.epochs=3", "attacks.resrec.epochs=1",
             "attacks.resrec.width=8", "seeds=[0,1,2,3]", "device=cpu"]
-BOUND = 1.6
+BOUND = 0.8  # see the module docstring: measured efficiencies and the injected lost speed-up
 ROUNDS = 3
-BUDGET_S = 50.0  # no new round starts after this (the whole benchmark stays under a minute)
+BUDGET_S = 60.0  # no new round starts after this
+REF_WAVES, REF_TASKS = 3, 4  # the matrix's shape: three waves of four equal tasks
+REF_SHARE = 0.5  # a serial reference run lasts about this share of a serial matrix run
 
 
 def one_run(jobs: int) -> float:
@@ -51,22 +67,57 @@ def one_run(jobs: int) -> float:
         return time.perf_counter() - t0
 
 
+def reference_run(n: int, pool: ProcessPoolExecutor | None) -> float:
+    """Seconds of ``REF_WAVES`` waves of ``REF_TASKS`` bare CPU-bound loops ``sum(range(n))``:
+    in this process (``pool`` None) or on the two processes of ``pool``, a barrier per wave."""
+    t0 = time.perf_counter()
+    for _ in range(REF_WAVES):
+        if pool is None:
+            for _ in range(REF_TASKS):
+                sum(range(n))
+        else:
+            list(pool.map(sum, [range(n)] * REF_TASKS))
+    return time.perf_counter() - t0
+
+
+def calibrate(target_s: float) -> int:
+    """``n`` for which a serial :func:`reference_run` lasts about ``target_s`` seconds."""
+    n = 100_000
+    while (t := reference_run(n, None)) < 0.05:
+        n *= 4
+    return max(1, round(n * target_s / t))
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a speed-up needs 2 cores")
-def test_two_jobs_are_at_least_1_6_times_faster_than_one():
+def test_two_jobs_speed_up_as_much_as_the_machine_allows(monkeypatch):
+    if injected("jobs"):  # hog_check.py: --jobs 2 silently runs its tasks one at a time
+        monkeypatch.setattr(Session, "n_jobs", lambda self: 1)
     start = time.perf_counter()
     one_run(2)  # warm-up: loky workers, their imports, fingerprints and data
-    one_run(1)  # and this process's
-    best, ratios = 0.0, []
-    for round_ in range(ROUNDS):
-        serial = [one_run(1)]
-        parallel = [one_run(2), one_run(2)]
-        serial.append(one_run(1))
-        ratio = sum(serial) / sum(parallel)
-        ratios.append(ratio)
-        best = max(best, ratio)
-        print(f"\n--jobs 2 speed-up {ratio:.2f} (bound {BOUND}); round {round_ + 1}: "
-              f"{sum(serial) / 2:.2f} s serial vs {sum(parallel) / 2:.2f} s on 2 jobs per run")
-        if best >= BOUND or time.perf_counter() - start > BUDGET_S:
-            break
-    assert best >= BOUND, (f"--jobs 2 speed-up {best:.2f} < {BOUND} in the best of "
-                           f"{len(ratios)} rounds (ratios {[round(r, 2) for r in ratios]})")
+    serial_s = one_run(1)  # and this process's
+    ctx = multiprocessing.get_context("spawn")  # a bare pool: nothing of this process's state
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        n = calibrate(REF_SHARE * serial_s)
+        reference_run(n // 10, pool)  # start and warm the pool's two processes
+        best, rounds = 0.0, []
+        for round_ in range(ROUNDS):
+            ours_serial, ref_serial = [one_run(1)], [reference_run(n, None)]
+            ref_par = [reference_run(n, pool)]
+            ours_par = [one_run(2), one_run(2)]
+            ref_par.append(reference_run(n, pool))
+            ref_serial.append(reference_run(n, None))
+            ours_serial.append(one_run(1))
+            ours = sum(ours_serial) / sum(ours_par)
+            ref = sum(ref_serial) / sum(ref_par)
+            ratio = ours / ref
+            rounds.append(ratio)
+            best = max(best, ratio)
+            print(f"\n--jobs 2 speed-up / bare 2-process speed-up {ratio:.3f} (bound {BOUND:g}); "
+                  f"round {round_ + 1}: ours {ours:.2f} ({sum(ours_serial) / 2:.2f} s serial vs "
+                  f"{sum(ours_par) / 2:.2f} s on 2 jobs), reference {ref:.2f} "
+                  f"({sum(ref_serial) / 2:.2f} s vs {sum(ref_par) / 2:.2f} s)")
+            if best >= BOUND or time.perf_counter() - start > BUDGET_S:
+                break
+    assert best >= BOUND, (
+        f"--jobs 2 speed-up / bare 2-process speed-up {best:.3f} < {BOUND:g} in the best of "
+        f"{len(rounds)} rounds (ratios {[round(r, 3) for r in rounds]})")

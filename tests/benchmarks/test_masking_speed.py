@@ -11,14 +11,14 @@ the bound measured again). One intra-op torch thread: numpy and scipy.fft are si
 here, and two torch threads stall on a busy 2-core machine (measured: encode 6.8 ms quiet,
 ~100 ms while another process kept both cores busy).
 
-Measured on the 2-core CI-class machine: ours/reference 2.18–2.32 quiet (≈ 9.5 ms vs 4.2 ms per
-128 faces); with two CPU-bound processes beside it single rounds ranged 1.5–3.4, the best of the
-rounds ≤ 2.32. Ours is *slower* than the numpy reference: most of the gap is
-:func:`defenses.ppfr_fd.self_normalise` (``torch.std_mean`` over the 8×8 maps, ~3.4 ms per call
-on one thread where ``mean`` + ``sqrt(mean(square))`` take ~0.2–1.7 ms), called twice.
-``BOUND`` = 2.75 (≈ 1.2 × the quiet median): an injected extra self-normalisation per encode
-(+35 %) measured 2.9–3.1 and fails on a quiet machine; a float64 round trip (+20 %, 2.70–2.83) is
-near the floor; encoding twice (4.4) fails every round.
+Measured on the 2-core CI-class machine (other engineers' test runs beside it, load average
+3–17): ours/reference 0.62–0.82 (≈ 3.9 ms vs 5.4 ms per 128 faces when the machine was calm);
+beside two CPU-bound processes 0.69. Ours was 2.2–2.3× the reference until
+:func:`defenses.ppfr_fd.self_normalise` replaced ``torch.std_mean`` (3.8 ms per call on one
+thread) by two means (0.3 ms) and the masker selected and permuted the channels in one copy.
+``BOUND`` = 0.95 (the worst ratio seen × ~1.15): ours must stay faster than numpy; the old
+``std_mean`` self-normalisation, injected by ``hog_check.py`` (``BENCH_GATE_REGRESSION=masking``),
+measured 1.75 and fails.
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ import scipy.fft
 import torch
 
 from defenses.ppfr_fd import PpfrFd
-from ratio import assert_within, measure_ratio
+from ratio import assert_within, injected, measure_ratio
 
 BATCH = torch.rand(128, 1, 64, 64, generator=torch.Generator().manual_seed(0))
 EPS = 1e-5  # defenses.ppfr_fd.self_normalise's
-BOUND = 2.75
+BOUND = 0.95
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,8 +72,17 @@ def test_masking_agrees_with_the_scipy_reference(masking):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_masking_is_within_bound_of_the_scipy_reference(masking):
+def _std_mean_self_normalise(c: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """The self-normalisation PPFR-FD used before (``torch.std_mean`` over the two trailing
+    dims, ~14× slower than two means on one thread): ``hog_check.py``'s injected regression."""
+    std, mean = torch.std_mean(c, dim=(2, 3), keepdim=True, correction=0)
+    return (c - mean) / (std + eps)
+
+
+def test_masking_is_within_bound_of_the_scipy_reference(masking, monkeypatch):
     defense, perm1, perm2 = masking
+    if injected("masking"):
+        monkeypatch.setattr("defenses.ppfr_fd.self_normalise", _std_mean_self_normalise)
     x, a, gen = BATCH, BATCH.numpy(), torch.Generator().manual_seed(0)
     name = "PPFR-FD masking ours/scipy-reference"
     m = measure_ratio(name, lambda: defense.encode(x, gen), lambda: reference_masking(a, perm1, perm2),
