@@ -44,7 +44,7 @@ from bench.core.training import (Standardizer, check_leak, check_positive, crop_
 class CganAttack(Attack):
     """pix2pix: U-Net generator + 70×70 PatchGAN on ``cat(r, x)``, BCE GAN + λ·L1 (§7.1)."""
 
-    family = "cgan"  # ALGORITHMS §15; floor on `none` (quick, ORL), README "Attack strength floors"
+    family = "cgan"  # ALGORITHMS §15; floor on `none` (quick, ORL; measured SSIM .88, SRRA 1.0)
     floor = {"SSIM": 0.8, "SRRA": 0.9}
 
     @dataclass

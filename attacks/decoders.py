@@ -70,7 +70,8 @@ class ResRecAttack(DecoderAttack):
 
     kind: ClassVar[str] = "resrec"
     family_rank = 0  # ALGORITHMS §15: `--attacks strongest` tries resrec first
-    floor = {"SSIM": 0.8, "SRRA": 0.9}  # on `none` (quick, ORL), README "Attack strength floors"
+    # on `none` (quick, ORL): measured SSIM .993 (seed 0; .936 seed 1), SRRA 1.0
+    floor = {"SSIM": 0.85, "SRRA": 0.9}
 
     class Options(DecoderAttack.Options):
         where: ClassVar[str] = "attacks.resrec"

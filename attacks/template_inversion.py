@@ -44,8 +44,9 @@ class TemplateInversionAttack(Attack):
 
     requires = ("templates", "train_templates")  # in every leak the pipeline builds
     family = "template"
-    # ALGORITHMS §15 floor on `none`, quick preset, ORL: see README "Attack strength floors"
-    floor = {"SSIM": 0.3, "SRRA": 0.3}
+    # ALGORITHMS §15 floor on `none`, quick preset, ORL (measured SSIM .33, SRRA .98): README
+    # "Identity-level attacks, worst case, strength floors"
+    floor = {"SSIM": 0.25, "SRRA": 0.8}
 
     @dataclass
     class Options(Attack.Options):

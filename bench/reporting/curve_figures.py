@@ -91,7 +91,7 @@ def recognizer_curves(records: list[dict[str, Any]], path: Path) -> bool:
         _style(ax, title, "black")
     fig.suptitle("Recognizer and defense training: loss ÷ its epoch-1 value (legend: last value)",
                  fontweight="bold")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
     _save(fig, path)
     return True
 
@@ -118,7 +118,7 @@ def attack_curves(records: list[dict[str, Any]], attack: str, path: Path) -> boo
         _style(ax, title, "#b00020" if bad else "black")
     fig.suptitle(f"Attack {attack}: judged loss ÷ its epoch-1 value; shaded: the last "
                  f"{DEFAULT_RULE.window:.0%} of epochs the verdict reads", fontweight="bold")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
     _save(fig, path)
     return True
 

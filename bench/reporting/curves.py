@@ -117,8 +117,6 @@ def convergence_table(records: list[dict[str, Any]],
     df = pd.DataFrame(rows)
     if not df.empty and df["fold"].isna().all():
         df = df.drop(columns=["fold"])
-    if not df.empty:
-        df.attrs["rule"] = rule_text(rule)
     return df
 
 

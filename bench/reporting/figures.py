@@ -346,20 +346,29 @@ def _family_figure(t2: pd.DataFrame, attacks: list[str], subs: dict[str, pd.Data
     defense as grey context; the panels of a mode share their axes' limits."""
     from matplotlib.lines import Line2D
 
-    families = list(dict.fromkeys(base_name(n) for n in names))
-    cols = min(FAMILY_COLUMNS, len(families))
-    per_mode = math.ceil(len(families) / cols)
-    fig, axes = plt.subplots(per_mode * len(rows), cols, squeeze=False,
-                             figsize=(4.0 * cols, 5.0 * per_mode * len(rows) + 0.8))
+    points_of = {mode: {a: _points(subs[a], acc_col, mode) for a in attacks if mode in modes_of[a]}
+                 for mode in rows}
+    # per mode, the families with a point in it (feature-domain defenses have no Score)
+    fams_of = {mode: list(dict.fromkeys(base_name(n) for p in points_of[mode].values()
+                                        for n in p[0]["Method"])) for mode in rows}
+    cols = min(FAMILY_COLUMNS, max(len(f) for f in fams_of.values()))
+    offsets, n_rows = {}, 0
+    for mode in rows:
+        offsets[mode] = n_rows
+        n_rows += math.ceil(len(fams_of[mode]) / cols)
+    fig, axes = plt.subplots(n_rows, cols, squeeze=False, figsize=(4.0 * cols, 5.0 * n_rows + 0.8))
+    for ax in axes.ravel():
+        ax.set_axis_off()  # switched back on for the panels drawn
     attack_marker = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(attacks)}
     cmap = plt.get_cmap("tab10")
     drawn: set[str] = set()
-    for r, mode in enumerate(rows):
-        points = {a: _points(subs[a], acc_col, mode) for a in attacks if mode in modes_of[a]}
+    for mode in rows:
+        points = points_of[mode]
         xs = pd.concat([p[1] for p in points.values()] or [pd.Series(dtype=float)]).dropna()
         ys = pd.concat([p[2] for p in points.values()] or [pd.Series(dtype=float)]).dropna()
-        for f, family in enumerate(families):
-            ax = axes[r * per_mode + f // cols, f % cols]
+        for f, family in enumerate(fams_of[mode]):
+            ax = axes[offsets[mode] + f // cols, f % cols]
+            ax.set_axis_on()
             _axes_for(ax, acc_col, mode)
             variants = sorted({n for n in names if base_name(n) == family})
             color = {v: cmap(i % 10) for i, v in enumerate(variants)}
@@ -382,8 +391,6 @@ def _family_figure(t2: pd.DataFrame, attacks: list[str], subs: dict[str, pd.Data
                 ax.legend([Line2D([], [], color=color[v], marker="o", ls="") for v in shown], shown,
                           loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7,
                           handletextpad=0.2, columnspacing=0.8)
-        for f in range(len(families), per_mode * cols):
-            axes[r * per_mode + f // cols, f % cols].set_axis_off()
     if len(attacks) > 1:
         fig.legend([Line2D([], [], color="0.3", marker=attack_marker[a], ls="") for a in attacks],
                    [f"attack {a}" for a in attacks], loc="upper center", ncol=len(attacks),
