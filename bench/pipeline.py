@@ -28,7 +28,7 @@ from bench.config import RunConfig
 from bench.core.context import Context
 from bench.core.contract import TEMPLATE_EXTRA, Leak, Reconstruction
 from bench.core.registry import ATTACKS, DATASETS, DEFENSES, Entry
-from bench.core.training import CurveLog, recording_curves
+from bench.core.curves import CurveLog, recording_curves
 from bench.data.facedata import FaceData
 from bench.environment import environment
 from bench.fingerprint import harness_fingerprint, plugin_fingerprint

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from bench.config import RecognizerConfig
 from bench.core.context import Context, global_rng_from
 from bench.core.errors import TrainingError
-from bench.core.training import record_epoch, start_curve
+from bench.core.curves import record_epoch, start_curve
 from bench.data.facedata import FaceSource, VerificationSet, to_float
 
 

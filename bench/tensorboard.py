@@ -1,6 +1,6 @@
 """Live training curves in TensorBoard (``python -m bench run --tensorboard DIR``): each stage's
 loops write their per-epoch losses as they end, the same numbers the stage records
-(:mod:`bench.core.training`). Needs the optional ``tensorboard`` extra."""
+(:mod:`bench.core.curves`). Needs the optional ``tensorboard`` extra."""
 from __future__ import annotations
 
 import importlib.util

@@ -12,7 +12,8 @@ from synthetic_run import make_run
 from torch import nn
 
 from bench.core.context import Context
-from bench.core.training import recording_curves, train_epochs, train_l1_decoder
+from bench.core.curves import recording_curves
+from bench.core.training import train_epochs, train_l1_decoder
 from bench.reporting.curves import (ConvergenceRule, attack_convergence, convergence_table,
                                     judge_loop)
 

@@ -59,7 +59,8 @@ def leaderboard_html(table: pd.DataFrame) -> str:
     hidden = {c for c in table.columns if is_stat_column(c) or c.startswith("tied_")}
     keys = [c for c in ("dataset", "preset", "perceptual_metric", "environment", "settings",
                         "knowledge") if c in table]
-    first = ["defense", "attack"] + [c for c in ("rank_utility", "rank_privacy") if c in table]
+    first = ["defense", "attack"] + [c for c in ("rank_utility", "rank_privacy", "worst_SRRA",
+                                                 "worst_SRRA_attack", "families_note") if c in table]
     rest = [c for c in table.columns if c not in hidden and c not in keys and c not in first]
     cols = first + keys + rest
     head = "".join(
@@ -74,8 +75,10 @@ def leaderboard_html(table: pd.DataFrame) -> str:
         "the replicate means (seeds × folds, n_replicates) with two or more; with one, over the "
         "verification pairs / reconstruction targets of that one trained model]; hover for the "
         "std. Ranks compare rows of one block (same dataset, preset, perceptual metric, "
-        "environment, attack and knowledge): rank_utility by accuracy, rank_privacy by SRRA "
-        "(lower leaks less); <b>=</b> marks a tie — intervals overlap, or a row rests on fewer "
+        "environment, attack and knowledge): rank_utility by accuracy; rank_privacy by the "
+        "defense's worst case over every attack run on it (worst_SRRA, reached by "
+        "worst_SRRA_attack; lower leaks less; families_note says which attack families were not "
+        "run — ALGORITHMS §15); <b>=</b> marks a tie — intervals overlap, or a row rests on fewer "
         "than 3 replicates (one model's items cannot show training noise). Click a header to "
         "sort.</p>"
         f"<ul class='legend'>{legend}</ul>"
