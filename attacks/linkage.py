@@ -207,7 +207,10 @@ def check_linkage_leak(name: str, leak: Leak) -> tuple[Tensor, Tensor, Tensor]:
         raise TrainingError(f"{name}: needs as many train_inputs, train_targets and train_labels "
                             f"(at least 2), got {len(r)}, {len(x)}, {len(y)}")
     if y.unique().numel() < 2:
-        raise TrainingError(f"{name}: the public faces hold one identity; ArcFace needs two or more")
+        raise TrainingError(f"{name}: the attacker's public faces hold one identity (the "
+                            "defense simulated its pairs on part of the aux split); ArcFace needs "
+                            "two or more — give aux more identities (data.split, "
+                            "data.limit_identities)")
     return r, x, y
 
 

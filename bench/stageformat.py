@@ -74,7 +74,7 @@ _SCALAR_KINDS = "biufc"  # numpy dtype kinds the format stores (no objects, stri
 
 # -- encoding ----------------------------------------------------------------------------------
 class _Encoder:
-    def __init__(self, allowed: Resolver) -> None:
+    def __init__(self, allowed: Resolver | None) -> None:
         self.allowed = allowed
         self.tensors: dict[str, torch.Tensor] = {}
         self._tensor_names: dict[int, str] = {}
@@ -138,7 +138,7 @@ class _Encoder:
 
     def _allowed_name(self, cls: type, path: str) -> str:
         name = class_name(cls)
-        if self.allowed(name) is not cls:
+        if self.allowed is not None and self.allowed(name) is not cls:
             raise UnstorableError(f"{path or 'stage'}: {name} is not a class stages may hold "
                                   f"(bench/store.py safe_global)")
         return name
@@ -421,10 +421,11 @@ _NODE_KINDS = frozenset({"__float__", "__tensor__", "__ndarray__", "__np__", "__
 
 
 # -- files -------------------------------------------------------------------------------------
-def encode(obj: Any, allowed: Resolver) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def encode(obj: Any, allowed: Resolver | None) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """``(metadata, tensors)`` of a stage: the safetensors ``__metadata__`` holding the JSON
     structure, and the named tensors. Raises :class:`UnstorableError` naming the first part of
-    ``obj`` the format cannot hold."""
+    ``obj`` the format cannot hold: anything but data, tensors and instances of classes, and
+    (unless ``allowed`` is None: any class, by name) a class ``allowed`` does not admit."""
     enc = _Encoder(allowed)
     structure = enc.enc(obj, "")
     meta = {"format": FORMAT, "version": str(VERSION),
@@ -432,7 +433,7 @@ def encode(obj: Any, allowed: Resolver) -> tuple[dict[str, str], dict[str, torch
     return meta, enc.tensors
 
 
-def dumps(obj: Any, allowed: Resolver) -> bytes:
+def dumps(obj: Any, allowed: Resolver | None) -> bytes:
     """The bytes of a stage file for ``obj`` (see :func:`encode`)."""
     from safetensors.torch import save
 

@@ -257,15 +257,22 @@ class ArtifactStore:
 
     def save(self, stage: str, key: str, obj: Any) -> bool:
         """Store ``obj`` as the stage; False (with a warning, nothing written) when the stage
-        format cannot hold it — the run goes on with the object in memory and a later run
-        recomputes the stage."""
+        format cannot hold it (a function, a generator) — the run goes on with the object in
+        memory and a later run recomputes the stage. A class the allowlist refuses is written by
+        name, with a warning: loading refuses the file, so it is recomputed each run."""
         try:
-            data = stageformat.dumps(obj, safe_global)
+            data = stageformat.dumps(obj, None)  # any class by name; the allowlist is for loading
         except stageformat.UnstorableError as exc:
             warnings.warn(f"stage {stage} cannot be stored ({exc}): it will be recomputed on "
                           f"every run; store modules, tensors and harness classes only "
                           f"(bench/stageformat.py)")
             return False
+        refused = sorted(c for c in stageformat.referenced_classes(stageformat.read_header(data)[1])
+                         if safe_global(c) is None)
+        if refused:  # written (nothing in it runs) but no later run will load it
+            warnings.warn(f"stage {stage} holds {', '.join(refused)}, which safe loading refuses: "
+                          f"it will be recomputed on every run; store modules, tensors and harness "
+                          f"classes only (bench/store.py)")
         atomic_write_bytes(self.path(stage, key), data)
         self.legacy_path(stage, key).unlink(missing_ok=True)  # superseded by the new file
         return True

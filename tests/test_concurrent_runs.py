@@ -1,6 +1,6 @@
 """Two `bench run`s of the same command at once on one results folder (two workers computing the
 same stages): both finish, every stored stage is whole and loads safely, and the cell records
-are a serial run's (bench/store.py: atomic renames, safe loading)."""
+are a serial run's (bench/store.py: atomic renames; bench/stageformat.py: safe loading)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from conftest import TINY_SETTINGS
 
 from bench.plugins import load_plugins
 from bench.reporting.cells import load_cells
-from bench.store import safe_load
+from bench.store import load_stage_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [*TINY_SETTINGS, "attacks.resrec.epochs=1", "attacks.resrec.width=8"]
@@ -52,7 +52,7 @@ def test_two_runs_of_one_command_at_once_share_a_results_folder(tmp_path):
     assert {p.parent.name for p in stages} == {
         "baseline", "defense_fit", "defense_recognizer", "leak", "attack", "measure"}
     for path in stages:
-        safe_load(path.read_bytes())  # whole, and loadable without running code
+        load_stage_bytes(path.read_bytes())  # whole, and loadable without running code
     assert not [p for p in (shared / "cache").rglob("*") if p.name.endswith(".tmp")]
     assert sorted(p.relative_to(shared) for p in stages) == \
         sorted(p.relative_to(serial) for p in (serial / "cache").rglob("*.safetensors"))

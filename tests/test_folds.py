@@ -157,3 +157,33 @@ def test_a_finished_fold_adds_nothing_and_a_finished_matrix_schedules_nothing():
     partial = _plan(stored, folds=3, seeds=(0,), defenses=("none",))
     assert [[(cfg.data.fold, args[0].fold) for cfg, args in tasks] for _, _, tasks in partial] == [
         [], [], [(0, 0), (2, 2)]]
+
+
+class _StopAfterAttacks(Exception):
+    pass
+
+
+def test_run_matrix_schedules_every_fold_in_each_of_its_three_waves(monkeypatch, tmp_path):
+    """run_matrix itself, its waves replaced by a recorder (nothing trains): one wave per stage
+    kind, each holding every fold's tasks with that fold's config."""
+    import bench.matrix
+    from bench.matrix import run_matrix
+
+    waves = []
+
+    def record(label, tasks, *rest):
+        waves.append((label, [(cfg.data.fold, args) for cfg, args in tasks]))
+        if label == "attacks":  # the records need the stages; stop before writing them
+            raise _StopAfterAttacks
+
+    monkeypatch.setattr(bench.matrix, "_wave", record)
+    cfg = resolve("quick", [*TINY_SETTINGS, "data.folds=3", "seeds=[0,1]"])
+    with pytest.raises(_StopAfterAttacks):
+        run_matrix(cfg, ["none"], ["resrec"], tmp_path, run_id="r", progress=False,
+                   log=lambda _: None, wave_log=lambda _: None)
+    assert [label for label, _ in waves] == ["baselines", "defenses", "attacks"]
+    (_, baselines), (_, chains), (_, attacks) = waves
+    assert baselines == [(f, (s,)) for f in range(3) for s in (0, 1)]
+    assert chains == [(f, (s, "none")) for f in range(3) for s in (0, 1)]
+    assert [(f, cell.fold, cell.seed) for f, (cell,) in attacks] == [
+        (f, f, s) for f in range(3) for s in (0, 1)]

@@ -34,15 +34,16 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert not (tmp_path / "s").exists() or os.listdir(tmp_path / "s") == []  # no temporary left
 
 
-def test_an_object_the_format_cannot_hold_is_not_written(tmp_path):
+def test_a_class_outside_the_allowlist_is_written_but_never_loaded(tmp_path):
     store = ArtifactStore(tmp_path)
 
-    class Boom:  # a class outside the allowlist (defined in a test)
+    class Outside:  # a class outside the allowlist (defined in a test)
         pass
 
-    with pytest.warns(UserWarning, match="cannot be stored"):
-        assert store.save("s", "k", {"x": Boom()}) is False
-    assert not store.has("s", "k") and not (tmp_path / "s").exists()
+    with pytest.warns(UserWarning, match="safe loading refuses"):
+        assert store.save("s", "k", {"x": Outside()}) is True
+    with pytest.warns(UserWarning, match="unreadable or unsafe"):
+        assert store.get_or_compute("s", "k", lambda: {"x": 1}) == {"x": 1}
 
 
 def test_a_damaged_artifact_is_recomputed(tmp_path):

@@ -125,9 +125,8 @@ def verdict_text(converged: bool | None) -> str:
 
 
 def rule_text(rule: ConvergenceRule = DEFAULT_RULE) -> str:
-    return (f"not converged: the judged loss (held-out where the attack keeps a held-out split, "
-            f"else training) fell by more than {rule.min_drop:.0%} over the last "
-            f"{rule.window:.0%} of the epochs")
+    return (f"its judged loss (held-out where the attack keeps a held-out split, else training) "
+            f"fell by more than {rule.min_drop:.0%} over the last {rule.window:.0%} of the epochs")
 
 
 def cells_not_converged(records: list[dict[str, Any]],

@@ -201,7 +201,7 @@ def add_worst_case_rank(table: pd.DataFrame, families: dict[str, str]) -> pd.Dat
     ``worst_SRRA`` (the highest SRRA of its rows, with that row's interval and
     ``worst_SRRA_attack``), ``worst_link_rank1`` (+ ``_attack``), the attack ``families``
     covered and ``families_note`` when fewer than all of
-    :data:`~bench.reporting.worst_case.FAMILIES` were run. ``rank_privacy`` ranks the defenses
+    :data:`~bench.reporting.worst_case.FAMILIES` produced numbers. ``rank_privacy`` ranks the defenses
     by ``worst_SRRA`` (ties as :func:`tie_ranks`); the per-attack rank stays as
     ``rank_privacy_attack``."""
     from bench.reporting.worst_case import FAMILIES
@@ -223,8 +223,8 @@ def add_worst_case_rank(table: pd.DataFrame, families: dict[str, str]) -> pd.Dat
         table.loc[idx, "families"] = ";".join(fams)
         if missing:
             table.loc[idx, "families_note"] = (
-                f"attacked by {len(FAMILIES) - len(missing)} of {len(FAMILIES)} families; "
-                f"not run: {', '.join(missing)}")
+                f"attacked by {len(FAMILIES) - len(missing)} of {len(FAMILIES)} families; none "
+                f"from {', '.join(missing)} (not run, or not applicable)")
         for metric in ("SRRA", "link_rank1"):
             col = sub[metric].dropna() if metric in sub else pd.Series(dtype=float)
             if col.empty:

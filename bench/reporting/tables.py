@@ -250,8 +250,8 @@ def report_notes(records: list[dict[str, Any]]) -> list[str]:
         notes.append(f"table1.csv is one-sided; add {','.join(gaps)} to --defenses for the other column")
     lagging = cells_not_converged(records)
     if lagging:
-        notes.append(f"{len(lagging)} defense × attack row(s) marked '{NOT_CONVERGED}' "
-                     f"({rule_text()}); see convergence.csv, or train the attack longer")
+        notes.append(f"{len(lagging)} defense × attack row(s) marked '{NOT_CONVERGED}': "
+                     f"{rule_text()}; see convergence.csv, or train the attack longer")
     return notes
 
 

@@ -62,8 +62,15 @@ def worst_case(records: list[dict[str, Any]]) -> pd.DataFrame:
     weak = underpowered_attacks(records)
     metrics = [m for m in WORST_METRICS if m in df]
     rows = []
+    # whether an attack applies does not depend on the knowledge level: a defense's n/a cells
+    # count for each of its rows, and a knowledge level with no measured cell gets no row
+    na_families = df[df["status"] == "n/a"].groupby("defense")["attack_family"].agg(set)
+    measured = set(df.loc[df["status"] == "ok", "defense"])
+    df.loc[~df["defense"].isin(measured), "knowledge"] = "-"
     for (defense, knowledge), sub in df.groupby(["defense", "knowledge"], sort=True):
         ok = sub[sub["status"] == "ok"]
+        if ok.empty and defense in measured:
+            continue
         means = ok.groupby("attack", sort=True)[metrics + ["link_chance"]].mean()
         row: dict[str, Any] = {"defense": defense, "knowledge": knowledge,
                                "protected": bool(sub["protected"].fillna(True).iloc[0])}
@@ -79,7 +86,7 @@ def worst_case(records: list[dict[str, Any]]) -> pd.DataFrame:
             if m == "link_rank1":
                 row["link_chance"] = float(means.loc[top, "link_chance"])
         covered = sorted(set(ok["attack_family"]))
-        na = sorted(set(sub.loc[sub["status"] == "n/a", "attack_family"]) - set(covered))
+        na = sorted(na_families.get(defense, set()) - set(covered))
         missing = [f for f in FAMILIES if f not in covered and f not in na]
         row.update({"families": ";".join(covered), "n_families": len(covered),
                     "families_na": ";".join(na), "families_missing": ";".join(missing),

@@ -15,7 +15,11 @@ Each gate is run (one pytest process per gate and condition, from the repository
 
 It prints every round's ratio (what the gate prints, ``<ratio> (bound <bound>)``) and the
 outcome per gate and condition, and exits 1 when an outcome is not the expected one (pass, pass,
-fail). The injected regressions are (each in its test):
+fail). ``SKIPPED`` is the ``--jobs`` gate saying that two processes gain nothing on the machine
+right now (other sessions' load; ``sched_autogroup`` shares the CPUs per session, so a busy
+shared machine gives this session about one core whatever it runs) — then nothing can be
+compared; run the check again on a calmer machine. The injected regressions are (each in its
+test):
 
 - ``masking``: PPFR-FD self-normalisation by ``torch.std_mean`` (the slow path it replaced);
 - ``bdct``: the BDCT's block GEMM in float64 and back;
@@ -38,7 +42,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,14 +74,18 @@ class Outcome:
     seconds: float
     tail: str
     timed_out: bool = False
+    rounds: list[str] = field(default_factory=list)  # the gate's printed rounds
+    skipped: bool = False  # the gate could not measure (the --jobs gate on a saturated machine)
 
     @property
     def verdict(self) -> str:
-        return "TIMEOUT" if self.timed_out else "pass" if self.passed else "FAIL"
+        return ("TIMEOUT" if self.timed_out else "SKIPPED" if self.skipped
+                else "pass" if self.passed else "FAIL")
 
     @property
     def expected(self) -> bool:
-        return not self.timed_out and self.passed == (self.condition != "regression")
+        return (not self.timed_out and not self.skipped
+                and self.passed == (self.condition != "regression"))
 
 
 def start_hogs(n: int) -> list[subprocess.Popen]:
@@ -110,9 +118,11 @@ def run_gate(gate: str, condition: str, hogs: int, timeout: float) -> Outcome:
         stop_hogs(started)
     if rc not in (0, 1):  # 1: a test failed; anything else: the run itself broke
         raise SystemExit(f"{gate} ({condition}): pytest exited {rc}\n{out[-3000:]}")
-    ratios = [float(m.group(1)) for m in RATIO.finditer(out)]
+    rounds = [ln.strip() for ln in out.splitlines() if RATIO.search(ln)]
+    ratios = [float(r) for ln in rounds for r in RATIO.findall(ln)]
+    skipped = re.search(r"(\d+) skipped", out) is not None and rc == 0
     return Outcome(gate, condition, rc == 0, ratios, time.perf_counter() - t0, out[-1500:],
-                   timed_out)
+                   timed_out, rounds, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             flag = "" if o.expected else "   <-- unexpected"
             print(f"{gate:13s} {condition:10s} {o.verdict}  ratios {o.ratios}  "
                   f"({o.seconds:.0f} s){flag}", flush=True)
+            for line in o.rounds:
+                print(f"    {line}", flush=True)
             if not o.expected:
                 print(o.tail, flush=True)
     wrong = [o for o in outcomes if not o.expected]
