@@ -3,7 +3,16 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist the workers already fill the cores: a second intra-op thread per worker only
+# adds contention. Alone (`-n 0`), tests may use two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+
+MAX_WORKERS = 8  # the heaviest tests hold ~1–2 GiB each
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 # A tiny but complete configuration: every stage of the real pipeline, in seconds.
 TINY_SETTINGS = [

@@ -59,7 +59,8 @@ from bench.matrix import run_matrix
 from conftest import TINY_SETTINGS
 from ratio import injected
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# alone: the reference needs both cores free (pyproject.toml runs it after the suite, `-m alone -n 0`)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.alone]
 
 SETTINGS = [*TINY_SETTINGS, "recognizer.epochs=3", "attacks.resrec.epochs=1",
             "attacks.resrec.width=8", "seeds=[0,1,2,3]", "device=cpu"]
