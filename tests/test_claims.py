@@ -60,7 +60,7 @@ def test_judge_needs_three_replicates(low, high, side, t, expected):
 
 def test_claims_without_their_cells_are_not_in_the_run():
     res = _by_number(check_claims([item_record("none", "cgan", 0, acc=0.9, ssim=0.8)]))
-    assert len(res) == 10
+    assert len(res) == 15
     assert all(r.verdict == "not in this run" and not r.evidence for r in res.values())
 
 
@@ -316,3 +316,66 @@ def test_claim7_is_inconclusive_on_one_seed_or_without_offline():
     online_only = verdict([r for r in _advface_cost(online=0.87, offline=0.90)
                            if r["defense"] != "advface.offline"], 7)
     assert online_only.evidence[0].verdict == "holds" and online_only.verdict == "inconclusive"
+
+
+# -- claims 11–15: the frequency-domain papers and FaceLinkGen's finding ------------------------
+def linkage_cells(defense, rank1, seeds=SEEDS, chance=0.1, n_probes=100):
+    """Linkage cells: per-probe rank-1 hits, no image metric."""
+    out = []
+    for s in seeds:
+        rng = np.random.default_rng(zlib.crc32(repr((defense, "linkage", s)).encode()))
+        rec = item_record(defense, "linkage", s, acc=0.8, ssim=0.5)
+        hits = (rng.random(n_probes) < rank1 + rng.normal(0, 0.02)).astype(int).tolist()
+        rec["privacy"] = {"link_rank1": float(np.mean(hits)), "link_chance": chance}
+        rec["per_target"] = {"link_rank1": hits}
+        out.append(rec)
+    return out
+
+
+def frequency_run(*, acc, ssim, rank1, defense="partialface", seeds=SEEDS):
+    """none and ``defense`` under resrec (3,000 verification pairs: a small item noise) and
+    ``defense`` under linkage."""
+    return (cells("none", "resrec", acc=0.85, ssim=0.9, seeds=seeds, n_pairs=3000)
+            + cells(defense, "resrec", acc=acc, ssim=ssim, seeds=seeds, n_pairs=3000)
+            + linkage_cells(defense, rank1, seeds=seeds))
+
+
+@pytest.mark.parametrize("acc, ssim, expected", [
+    (0.85, 0.3, "holds"),  # no accuracy lost, reconstructions far worse
+    (0.70, 0.3, "contradicted"),  # fifteen points lost
+    (0.84, 0.88, "contradicted"),  # reconstructions as good as on none
+    (0.835, 0.3, "inconclusive"),  # the accuracy cost straddles the 3-point threshold
+])
+def test_a_frequency_papers_claim_needs_accuracy_and_resisted_recovery(acc, ssim, expected):
+    rec = frequency_run(acc=acc, ssim=ssim, rank1=0.5)
+    if expected == "inconclusive":  # noisier training: the interval straddles −3 points
+        rec = (cells("none", "resrec", acc=0.85, ssim=0.9, n_pairs=3000)
+               + cells("partialface", "resrec", acc=0.82, ssim=0.3, sd_acc=0.02, n_pairs=3000))
+    res = verdict(rec, 12)
+    assert res.source.startswith("[PartialFace]") and res.verdict == expected, res
+    assert verdict(rec, 11).verdict == "not in this run"  # no dctdp in the run
+
+
+def test_a_frequency_papers_claim_with_one_seed_is_inconclusive():
+    res = verdict(frequency_run(acc=0.85, ssim=0.3, rank1=0.5, seeds=(0,)), 12)
+    assert res.verdict == "inconclusive (1 replicate)" and res.decide
+
+
+@pytest.mark.parametrize("ssim, rank1, expected", [
+    (0.3, 0.6, "holds"),  # pixels resisted, identities linked well above chance (.1)
+    (0.3, 0.1, "inconclusive"),  # pixels resisted, linkage at chance: never shown above it
+    (0.3, 0.02, "contradicted"),  # pixels resisted, linkage clearly below chance
+    (0.88, 0.6, "contradicted"),  # pixels not resisted: not a case of the claim
+])
+def test_identity_leaks_where_pixels_do_not(ssim, rank1, expected):
+    res = verdict(frequency_run(acc=0.84, ssim=ssim, rank1=rank1), 15)
+    assert res.verdict == expected, [e.line() for e in res.evidence]
+    assert res.cases == [[0, 1, 2]]  # SSIM, SRRA under resrec, then linkage rank-1
+
+
+def test_identity_leak_holds_when_one_defense_shows_it():
+    rec = (frequency_run(acc=0.84, ssim=0.3, rank1=0.6)
+           + cells("dctdp", "resrec", acc=0.84, ssim=0.3) + linkage_cells("dctdp", 0.02))
+    res = verdict(rec, 15)
+    assert len(res.cases) == 2 and res.verdict == "holds"
+    assert verdict(linkage_cells("dctdp", 0.6), 15).verdict == "not in this run"

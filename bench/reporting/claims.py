@@ -45,10 +45,17 @@ THRESHOLDS = {
     "most": 0.5,  # "recovers most of it": offline recovers more than this share of online's cost
     "far_ssim": 0.10, "far_psnr": 1.0, "far_srra": 0.10,  # AdvFace vs its baselines
     "transfer_ssim": 0.05,  # AdvFace below the unprotected split, per attacker decoder
+    "resist_ssim": 0.10, "resist_srra": 0.10,  # "resists recovery": below `none` by this much
 }
 PREFERRED_ATTACKS = ("cgan", "resrec")  # the attack a privacy claim reads when the run has several
 DECODER_ATTACKS = ("resrec", "urec", "transrec")  # [A]'s decoder reconstructions
 RESTORE_ID = "restore_id_acc"  # §9's restore-identification accuracy (xnn_expected)
+#: §13's defenses with the abstract claim each paper makes (claims 11–14)
+FREQUENCY_PAPERS = (("dctdp", "[DCTDP] ECCV'22 abstract"), ("partialface", "[PartialFace] ICCV'23 abstract"),
+                    ("minusface", "[MinusFace] CVPR'24 abstract"), ("slerpface", "[SlerpFace] AAAI'25 abstract"))
+#: the frequency-domain defenses claim 15 (FaceLinkGen's finding) is checked on
+FREQUENCY_DEFENSES = ("dctdp", "partialface", "minusface", "slerpface", "duetface", "ppfr_fd")
+LINKAGE = "linkage"
 INCONCLUSIVE = "inconclusive"
 #: named when the caller gives no command (``bench claims`` gives the run's own: bench.rerun)
 GENERIC_COMMAND = "python -m bench run <this run's arguments> --seeds 0,1,2"
@@ -108,6 +115,9 @@ class ClaimResult:
     evidence: list[Evidence] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     incomplete: bool = False  # the run lacks a cell the claim names: at most inconclusive
+    #: evidence indices of alternative cases: the claim holds when one case holds entirely and is
+    #: contradicted when every case is (claim 15: any one defense showing it is the finding)
+    cases: list[list[int]] = field(default_factory=list)
     decide: str | None = None  # the command that would decide an inconclusive (r replicates)
 
 
@@ -518,10 +528,94 @@ def claim_xnn(c: RunCells) -> ClaimResult:
     return r
 
 
+def _pixel_attacks(c: RunCells, defense: str) -> list[str]:
+    """The image-reconstruction attacks the run has on both ``defense`` and ``none``."""
+    def atts(d: str) -> set[str]:
+        sub = c.df[c.df["defense"] == d]
+        return set(sub.loc[sub["SSIM"].notna(), "attack"]) if "SSIM" in sub else set()
+    return sorted(atts(defense) & atts("none"))
+
+
+def _resists(c: RunCells, defense: str, attack: str) -> list[Evidence]:
+    """"Resists recovery" under one attack: SSIM and SRRA of its reconstructions below the
+    unprotected model's by the thresholds."""
+    return [_diff(c, f"{defense} vs none under {attack}", "none", defense, metric, -1,
+                  THRESHOLDS[key], attack)
+            for metric, key in (("SSIM", "resist_ssim"), ("SRRA", "resist_srra"))]
+
+
+def _frequency_paper_claim(number: int, defense: str, source: str) -> Callable[[RunCells], ClaimResult]:
+    def claim(c: RunCells) -> ClaimResult:
+        near = THRESHOLDS["near"]
+        r = ClaimResult(number, source, f"{defense} keeps accuracy near the unprotected model "
+                        f"(within {near:g} points) and resists recovery (SSIM ≥ "
+                        f"{THRESHOLDS['resist_ssim']:g} and SRRA ≥ {THRESHOLDS['resist_srra']:g} "
+                        "below none under every reconstruction attack of the run)", "not in this run")
+        if not c.has(defense, "none"):
+            return r
+        if c.acc:
+            r.evidence.append(_diff(c, "accuracy cost", "none", defense, c.acc, +1, -near))
+        attacks = _pixel_attacks(c, defense)
+        for attack in attacks:
+            r.evidence += _resists(c, defense, attack)
+        if not attacks:
+            r.incomplete = True
+            r.notes.append(f"no reconstruction attack ran on both {defense} and none: add one "
+                           "(--attacks strongest)")
+        return r
+    claim.__name__ = f"claim_{defense}"
+    return claim
+
+
+def claim_identity_leaks_where_pixels_do_not(c: RunCells) -> ClaimResult:
+    """FaceLinkGen's finding (ALGORITHMS §14), not a paper of the matrix: a frequency defense
+    whose reconstructions are resisted still links protected records to identities above chance.
+    One case per defense (resisted under its reconstruction attacks, and linkage rank-1 above its
+    chance level); the claim holds when one defense shows it and is contradicted when every
+    defense of the run contradicts it."""
+    r = ClaimResult(15, "[FaceLinkGen] arXiv 2602.02914", "identity leaks where pixels do not: "
+                    "a frequency defense that resists reconstruction (as claims 11–14) still "
+                    "links its protected records to identities above chance (linkage rank-1)",
+                    "not in this run")
+    for defense in FREQUENCY_DEFENSES:
+        if not c.has(defense, "none") or not c.items(defense, "link_rank1", LINKAGE):
+            continue
+        attacks = _pixel_attacks(c, defense)
+        if not attacks:
+            continue
+        start = len(r.evidence)
+        for attack in attacks:
+            r.evidence += _resists(c, defense, attack)
+        chance = c.df.loc[(c.df["defense"] == defense) & (c.df["attack"] == LINKAGE),
+                          "link_chance"].dropna() if "link_chance" in c.df else pd.Series(dtype=float)
+        t = float(chance.max()) if len(chance) else 0.0
+        r.evidence.append(_evidence(f"{defense} linked", "-", defense, f"link_rank1 ({LINKAGE})",
+                                    +1, t, [c.items(defense, "link_rank1", LINKAGE)], [1.0],
+                                    f"link_rank1 of {defense} (chance {t:.3g})"))
+        r.cases.append(list(range(start, len(r.evidence))))
+    if not r.cases:
+        r.notes.append("needs none, linkage and a reconstruction attack on a frequency defense "
+                       f"({', '.join(FREQUENCY_DEFENSES)})")
+    return r
+
+
+def combine_cases(verdicts: list[str], cases: list[list[int]]) -> str:
+    """The verdict of a claim of alternative cases (see :attr:`ClaimResult.cases`)."""
+    per_case = [combine([verdicts[i] for i in case]) for case in cases]
+    if "holds" in per_case:
+        return "holds"
+    if per_case and all(v == "contradicted" for v in per_case):
+        return "contradicted"
+    few = [v for v in per_case if replicate_limited(v)]
+    return min(few, key=lambda v: int(v.split("(")[1].split()[0])) if few else INCONCLUSIVE
+
+
 CLAIMS: list[Callable[[RunCells], ClaimResult]] = [
     claim_fd_beats_rgb, claim_accuracy_falls_with_k, claim_privacy_rises_with_k, claim_adamixup,
     claim_peep_costs_more, claim_advface_cuts_reconstruction, claim_advface_cost,
     claim_advface_transfers, claim_hybrid_leaks_less, claim_xnn,
+    *(_frequency_paper_claim(11 + i, d, src) for i, (d, src) in enumerate(FREQUENCY_PAPERS)),
+    claim_identity_leaks_where_pixels_do_not,
 ]
 
 
@@ -534,7 +628,9 @@ def check_claims(records: list[dict[str, Any]], command: str | None = None) -> l
     for fn in CLAIMS:
         res = fn(cells)
         if res.evidence:
-            res.verdict = combine([e.verdict for e in res.evidence], res.incomplete)
+            verdicts = [e.verdict for e in res.evidence]
+            res.verdict = (combine_cases(verdicts, res.cases) if res.cases
+                           else combine(verdicts, res.incomplete))
             if any(replicate_limited(e.verdict) for e in res.evidence):
                 res.decide = decide
         out.append(res)
