@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import shlex
 import shutil
 import tarfile
 import tempfile
@@ -39,7 +38,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from bench import __version__, stageformat
-from bench.core.errors import BenchError, BundleError
+from bench.core.errors import BundleError
+from bench.rerun import run_command
 from bench.store import LEGACY_SUFFIX, STAGE_SUFFIX, ArtifactStore, atomic_write_bytes, safe_global
 
 FORMAT = "faceprivbench.bundle"
@@ -82,46 +82,6 @@ def classify(path: str, run_id: str) -> tuple[str, str | None, str | None]:
         raise BundleError(f"bundle member {path!r}: stages must be <key>{STAGE_SUFFIX} files "
                           f"(no pickles)")
     raise BundleError(f"bundle member {path!r} lies outside run/{run_id}/ and cache/<stage>/")
-
-
-# -- the command that re-runs a run ------------------------------------------------------------
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
-def _literal(value: Any) -> str:
-    """A value as ``--set`` reads it back (:func:`bench.config.parse_value`)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "none" if value is None else value if isinstance(value, str) else repr(value)
-
-
-def run_command(saved: dict[str, Any], results: Path | None = None) -> str:
-    """The ``python -m bench run`` command that gives the run of a ``config.json`` (``saved``)
-    again — same settings, same run id, so the store's stages are found by the same keys."""
-    from bench.config import resolve
-
-    cfg = saved.get("config") or {}
-    preset = cfg.get("preset", "quick")
-    args = ["python", "-m", "bench", "run", "--defenses", ",".join(saved.get("defenses", [])),
-            "--attacks", ",".join(saved.get("attacks", []))]
-    if preset != "quick":
-        args += ["--preset", preset]
-    try:
-        base = _flatten(json.loads(json.dumps(resolve(preset).to_dict(), default=str)))
-    except (BenchError, OSError, ValueError):
-        base = {}
-    for key, value in _flatten(cfg).items():
-        if key != "preset" and not (key in base and base[key] == value):
-            args += ["--set", f"{key}={_literal(value)}"]
-    if results is not None and Path(results) != Path("results"):
-        args += ["--results", str(results)]
-    return shlex.join(args + ["--run-id", str(saved.get("run_id"))])
 
 
 # -- packing -------------------------------------------------------------------------------------
