@@ -238,3 +238,19 @@ def test_score_cls_normalises_lfw_accuracy_when_the_run_has_it(tmp_path):
     assert primary_acc_column(["acc_orl", "acc_LFW", "acc_cfp_fp"]) == "acc_LFW"
     assert primary_acc_column(["acc_orl", "acc_cfp_fp"]) == "acc_orl"
     assert primary_acc_column([]) is None
+
+
+def test_console_table_drops_columns_no_row_measures_and_says_so():
+    import math
+
+    import pandas as pd
+
+    from bench.reporting.tables import format_table
+
+    df = pd.DataFrame({"Method": ["none", "ppfr_fd"], "SSIM": [0.9, 0.5],
+                       "link_rank1": [math.nan, math.nan], "SRRA_other": [0.8, math.nan]})
+    out = format_table(df)
+    header = out.splitlines()[0]
+    assert "link_rank1" not in header and "SRRA_other" in header
+    assert "not shown (no attack of the run measures them): link_rank1" in out
+    assert "– in SRRA_other: not measured for that row" in out

@@ -493,14 +493,21 @@ def format_table(df: pd.DataFrame) -> str:
         elif shown[c].dtype == object:
             shown[c] = [UNDEFINED if v is None or (isinstance(v, float) and math.isnan(v)) else v
                         for v in shown[c]]
+    explained = set(df.attrs.get("explained", []))
+    # a column no row has a value for (e.g. linkage scores in a run without linkage) stays in the
+    # CSV but would only widen the console table
+    empty = [c for c in shown.columns if c not in explained and len(shown)
+             and (shown[c] == UNDEFINED).all()]
+    shown = shown.drop(columns=empty)
     with pd.option_context("display.max_columns", None, "display.width", 200):
         lines = [shown.to_string(index=False)]
     if headline:
         lines.append(interval_legend(df))
     lines += [f"{UNDEFINED} {n}" for n in df.attrs.get("undefined", [])]
-    explained = set(df.attrs.get("explained", []))
     rest = [c for c in shown.columns if c not in explained and (shown[c] == UNDEFINED).any()]
     if rest:
         lines.append(f"{UNDEFINED} in {', '.join(rest)}: not measured for that row (no attack in "
                      "the run computes it, or the cell is n/a: see its note)")
+    if empty:
+        lines.append(f"not shown (no attack of the run measures them): {', '.join(empty)}")
     return "\n".join(lines)
