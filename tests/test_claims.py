@@ -379,3 +379,15 @@ def test_identity_leak_holds_when_one_defense_shows_it():
     res = verdict(rec, 15)
     assert len(res.cases) == 2 and res.verdict == "holds"
     assert verdict(linkage_cells("dctdp", 0.6), 15).verdict == "not in this run"
+
+
+def test_recovery_ssim_is_judged_only_where_the_attack_recovers_pixels_of_none():
+    """Template inversion reconstructs unprotected faces at SSIM ~.32: its SSIM cannot fall 0.1
+    further, so only its SRRA is judged; a decoder's SSIM (.9 on none) is judged too."""
+    rec = (frequency_run(acc=0.85, ssim=0.3, rank1=0.5)
+           + cells("none", "template_inversion", acc=0.85, ssim=0.32, n_pairs=3000)
+           + cells("partialface", "template_inversion", acc=0.85, ssim=0.30, n_pairs=3000))
+    res = verdict(rec, 12)
+    judged = [(e.metric) for e in res.evidence]
+    assert "SSIM (resrec)" in judged and "SSIM (template_inversion)" not in judged
+    assert "SRRA (template_inversion)" in judged

@@ -536,21 +536,33 @@ def _pixel_attacks(c: RunCells, defense: str) -> list[str]:
     return sorted(atts(defense) & atts("none"))
 
 
+#: an attack whose reconstructions of unprotected faces stay under this SSIM does not recover
+#: the pixel layout (template inversion from 16–512-d embeddings: ~.32 on none), so "resists
+#: recovery" is judged on its SRRA only — a defense cannot push SSIM 0.1 below a floor it is at
+PIXEL_RECOVERY_SSIM = 0.5
+
+
 def _resists(c: RunCells, defense: str, attack: str) -> list[Evidence]:
-    """"Resists recovery" under one attack: SSIM and SRRA of its reconstructions below the
+    """"Resists recovery" under one attack: SRRA (and SSIM, where the attack recovers the pixel
+    layout of unprotected faces: :data:`PIXEL_RECOVERY_SSIM`) of its reconstructions below the
     unprotected model's by the thresholds."""
+    none_ssim = [np.mean(v) for _, v in c.items("none", "SSIM", attack).values()]
+    metrics = [("SRRA", "resist_srra")]
+    if none_ssim and float(np.mean(none_ssim)) >= PIXEL_RECOVERY_SSIM:
+        metrics.insert(0, ("SSIM", "resist_ssim"))
     return [_diff(c, f"{defense} vs none under {attack}", "none", defense, metric, -1,
-                  THRESHOLDS[key], attack)
-            for metric, key in (("SSIM", "resist_ssim"), ("SRRA", "resist_srra"))]
+                  THRESHOLDS[key], attack) for metric, key in metrics]
 
 
 def _frequency_paper_claim(number: int, defense: str, source: str) -> Callable[[RunCells], ClaimResult]:
     def claim(c: RunCells) -> ClaimResult:
         near = THRESHOLDS["near"]
         r = ClaimResult(number, source, f"{defense} keeps accuracy near the unprotected model "
-                        f"(within {near:g} points) and resists recovery (SSIM ≥ "
-                        f"{THRESHOLDS['resist_ssim']:g} and SRRA ≥ {THRESHOLDS['resist_srra']:g} "
-                        "below none under every reconstruction attack of the run)", "not in this run")
+                        f"(within {near:g} points) and resists recovery (SRRA ≥ "
+                        f"{THRESHOLDS['resist_srra']:g} below none under every reconstruction "
+                        f"attack of the run; SSIM ≥ {THRESHOLDS['resist_ssim']:g} below under "
+                        f"those whose SSIM on none reaches {PIXEL_RECOVERY_SSIM:g})",
+                        "not in this run")
         if not c.has(defense, "none"):
             return r
         if c.acc:
