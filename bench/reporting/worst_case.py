@@ -94,8 +94,9 @@ def worst_case(records: list[dict[str, Any]]) -> pd.DataFrame:
                     "underpowered": ";".join(sorted(reached & set(weak)))})
         notes = []
         if missing:
-            notes.append(f"attacked by {len(covered)} of {len(FAMILIES)} families; not run: "
-                         + ", ".join(missing))
+            notes.append(f"attacked by {len(covered)} of {len(FAMILIES)} families; no cell of "
+                         f"{', '.join(missing)} in the run (`--attacks strongest` leaves out the "
+                         "families that do not apply)")
         if row["underpowered"]:
             notes.append(f"reached by underpowered attack(s) {row['underpowered'].replace(';', ', ')}: "
                          "a lower bound")
