@@ -102,8 +102,10 @@ def run_gate(gate: str, condition: str, hogs: int, timeout: float) -> Outcome:
     env = {k: v for k, v in os.environ.items() if k != REGRESSION_ENV}
     if condition == "regression":
         env[REGRESSION_ENV] = gate
-    cmd = [sys.executable, "-m", "pytest", f"{HERE}/{GATES[gate]}", "-q", "-s", "-p",
-           "no:cacheprovider"]
+    # -n 0: in this process, so -s shows the gate's printed ratios (xdist workers' output is not
+    # shown); -m "": the suite's `-m 'not alone'` would deselect the --jobs gate
+    cmd = [sys.executable, "-m", "pytest", f"{HERE}/{GATES[gate]}", "-q", "-s", "-n", "0",
+           "-m", "", "-p", "no:cacheprovider"]
     started = start_hogs(hogs) if condition == "hogs" else []
     t0 = time.perf_counter()
     timed_out = False
