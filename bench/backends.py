@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from bench.core.errors import ConfigError
+from bench.environment import usable_cpus
 
 BACKENDS = ("loky", "ray", "dask")
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds an --address gets to answer
@@ -173,7 +174,7 @@ class Session:
                     raise BackendError(f"could not join the ray cluster at {self.spec.address}: "
                                        f"{_one_line(exc)}") from None
             else:
-                ray.init(num_cpus=max(os.cpu_count() or 1, self.jobs * self.threads),
+                ray.init(num_cpus=max(usable_cpus(), self.jobs * self.threads),
                          include_dashboard=False, **kw)
             self._stack.callback(ray.shutdown)
         res = ray.cluster_resources()

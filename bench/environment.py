@@ -56,6 +56,14 @@ def device_model(device: torch.device | str | None = None) -> str:
     return f"cpu: {cpu_model()}"
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its affinity mask (``taskset``, a container's cpuset, a
+    pinned test worker), not every core of the machine — threads beyond it only queue."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     """Versions, device and thread counts of this process (JSON-ready)."""
     env: dict[str, Any] = {"harness": __version__, "python": platform.python_version()}
@@ -65,6 +73,7 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "device_model": device_model(device),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda": torch.version.cuda,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bench.backends import BackendSpec, Session
 from bench.config import RunConfig
+from bench.environment import usable_cpus
 from bench.pipeline import Cell, Pipeline
 from bench.store import ArtifactStore, atomic_write_bytes, atomic_write_text
 
@@ -38,7 +39,7 @@ def run_id_for(cfg: RunConfig, defenses: list[str], attacks: list[str]) -> str:
 
 
 def _worker_threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    return max(1, usable_cpus() // max(1, jobs))
 
 
 def _run_stage(cfg: RunConfig, store_root: str, progress: bool, threads: int,

@@ -1,7 +1,30 @@
 import os
 
-import pytest
-import torch
+
+def _pin_xdist_worker() -> bool:
+    """Under pytest-xdist with one worker per core, each worker (and every process it starts: `bench`
+    subprocesses, loky / Ray / Dask workers) runs on a core of its own. Unpinned, a test's
+    subprocess took both cores' worth of threads while the other worker computed, and every
+    oversubscribed torch loop stalled (measured: the quick PPFR-FD recognizer 68 s alone, 130 s
+    beside the other worker). `bench` sizes its threads by the affinity mask (usable_cpus)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return False
+    cpus = sorted(os.sched_getaffinity(0))
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) != len(cpus):
+        return False  # pin only when the workers exactly fill the cores
+    os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # before numpy loads: BLAS threads spinning on one core stall
+    return True
+
+
+_pin_xdist_worker()
+
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 
 # Under pytest-xdist the workers already fill the cores: a second intra-op thread per worker only
 # adds contention. Alone (`-n 0`), tests may use two.
@@ -13,6 +36,27 @@ MAX_WORKERS = 8  # the heaviest tests hold ~1–2 GiB each
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core, at most MAX_WORKERS."""
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a module- or session-scoped fixture its own module defines."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    module = getattr(item.module, "__name__", None)
+    return any(fd.scope in ("module", "session") and getattr(fd.func, "__module__", None) == module
+               for fds in defs.values() for fd in fds)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(config, items) -> None:
+    """The schedule of a parallel run: a module whose tests share a module fixture (a trained run,
+    written files) runs on one worker, so the fixture is computed once, not once per worker; the
+    ``slow`` end-to-end tests go first, then those modules, so the longest test (minutes) starts
+    at once instead of finishing last. Every worker sorts the same way (xdist requires it)."""
+    for item in items:
+        if _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda it: 0 if it.get_closest_marker("slow")
+               else 1 if it.get_closest_marker("xdist_group") else 2)
 
 # A tiny but complete configuration: every stage of the real pipeline, in seconds.
 TINY_SETTINGS = [

@@ -34,7 +34,7 @@ SETTINGS = [
     "attacks.linkage.epochs=6", "attacks.linkage.translator_width=8",
     "attacks.template_inversion.epochs=6", "attacks.template_inversion.width=8",
 ]
-COMMON = ["--jobs", "1", "--no-progress", *[x for s in SETTINGS for x in ("--set", s)]]
+COMMON = ["--jobs", "1", "--threads", "1", "--no-progress", *[x for s in SETTINGS for x in ("--set", s)]]
 #: two matrices into one run folder: defenses × the decoder, then every attack on `none`
 #: (attacks that do not apply to it are recorded n/a at no cost)
 RUNS = [["run", "--defenses", "none,ppfr_fd,mixup_fd", "--attacks", "resrec", *COMMON],
@@ -43,20 +43,14 @@ ARGS = RUNS[0]  # the first matrix (kept for callers of the single-command form)
 
 
 def run_reference(results: Path, run_id: str) -> Path:
-    """Run the reference matrix into ``results/runs/<run_id>`` with one torch thread."""
-    import torch
-
+    """Run the reference matrix into ``results/runs/<run_id>`` (``--threads 1``: before, the
+    default of cores / jobs made the numbers depend on the machine's core count)."""
     from bench.cli import main
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for args in RUNS:
-            rc = main(args + ["--results", str(results), "--run-id", run_id])
-            if rc != 0:
-                raise RuntimeError(f"reference run exited {rc}: {' '.join(args)}")
-    finally:
-        torch.set_num_threads(threads)
+    for args in RUNS:
+        rc = main(args + ["--results", str(results), "--run-id", run_id])
+        if rc != 0:
+            raise RuntimeError(f"reference run exited {rc}: {' '.join(args)}")
     return results / "runs" / run_id
 
 

@@ -66,6 +66,7 @@ def test_serial_records_name_their_hosts(serial):
     assert all(r["status"] == "ok" for r in serial)
 
 
+@pytest.mark.slow
 def test_ray_local_instance_gives_the_serial_records(tmp_path, serial):
     ray = pytest.importorskip("ray")
     lines: list[str] = []
@@ -74,6 +75,7 @@ def test_ray_local_instance_gives_the_serial_records(tmp_path, serial):
     assert_same_cells(records, serial, lines, "ray (local instance)")
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_serial_records(tmp_path, serial):
     pytest.importorskip("distributed")
     lines: list[str] = []

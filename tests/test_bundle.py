@@ -4,14 +4,12 @@ nothing."""
 import io
 import json
 import shlex
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
-from test_cli import ROOT, assert_one_line_error, bench
+from test_cli import assert_one_line_error, bench_here
 
 from bench import stageformat
 from bench.bundle import FORMAT, MANIFEST, VERSION, unpack
@@ -25,7 +23,7 @@ RUN = ("run", "--defenses", "none,ppfr_fd", "--attacks", "cgan")
 def packed(tmp_path_factory):
     """A tiny run whose baseline stage is a legacy pickle (an older store), packed."""
     root = tmp_path_factory.mktemp("bundle")
-    first = bench(*RUN, results=root / "a")
+    first = bench_here(*RUN, results=root / "a")
     assert first.returncode == 0, first.stderr
     run_dir = next((root / "a" / "runs").iterdir())
     store = ArtifactStore(root / "a" / "cache")
@@ -33,7 +31,7 @@ def packed(tmp_path_factory):
     torch.save(store.load("baseline", key), store.legacy_path("baseline", key))
     store.path("baseline", key).unlink()
     bundle = root / "run.tar"
-    proc = bench("pack", str(run_dir), "-o", str(bundle))
+    proc = bench_here("pack", str(run_dir), "-o", str(bundle))
     assert proc.returncode == 0, proc.stderr
     return root, run_dir, bundle, proc.stdout
 
@@ -66,7 +64,7 @@ def test_the_manifest_lists_every_stage_and_hash(packed):
 
 def test_unpack_and_rerun_trains_nothing_and_measures_the_same(packed):
     root, run_dir, bundle, _ = packed
-    proc = bench("unpack", str(bundle), "--results", str(root / "b"))
+    proc = bench_here("unpack", str(bundle), "--results", str(root / "b"))
     assert proc.returncode == 0, proc.stderr
     assert "imported 11 stage(s)" in proc.stdout
     command = next(line.split(": ", 1)[1] for line in proc.stdout.splitlines()
@@ -75,8 +73,7 @@ def test_unpack_and_rerun_trains_nothing_and_measures_the_same(packed):
     stages = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
     args = shlex.split(command)
     assert args[:3] == ["python", "-m", "bench"]
-    rerun = subprocess.run([sys.executable, *args[1:], "--no-progress"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=600)
+    rerun = bench_here(*args[3:], "--no-progress")  # the printed command, as `main` runs it
     assert rerun.returncode == 0, rerun.stderr
     assert "2 cells, 2 already measured" in rerun.stdout
     assert "wave " not in rerun.stderr  # no wave had work: zero stages trained
@@ -93,7 +90,7 @@ def test_a_tampered_member_is_refused_and_nothing_is_imported(packed, tmp_path):
     data[member.offset_data + 10] ^= 0x01  # one bit of one record
     tampered = tmp_path / "tampered.tar"
     tampered.write_bytes(bytes(data))
-    proc = bench("unpack", str(tampered), "--results", str(tmp_path / "results"))
+    proc = bench_here("unpack", str(tampered), "--results", str(tmp_path / "results"))
     assert_one_line_error(proc, "does not match its manifest hash")
     assert list((tmp_path / "results").iterdir()) == []  # no stage, no run, no staging left
 
@@ -101,11 +98,11 @@ def test_a_tampered_member_is_refused_and_nothing_is_imported(packed, tmp_path):
 def test_a_cells_only_bundle_carries_no_stage_and_reproduces_the_tables(packed, tmp_path):
     root, run_dir, _, _ = packed
     bundle = tmp_path / "cells.tar.gz"
-    assert bench("pack", str(run_dir), "-o", str(bundle), "--cells-only").returncode == 0
+    assert bench_here("pack", str(run_dir), "-o", str(bundle), "--cells-only").returncode == 0
     assert not [n for n in _members(bundle) if n.startswith("cache/")]
     res = unpack(bundle, tmp_path / "r")
     assert res.cells_only and not (tmp_path / "r" / "cache").exists()
-    report = bench("report", str(res.run_dir))
+    report = bench_here("report", str(res.run_dir))
     assert report.returncode == 0, report.stderr
     assert (res.run_dir / "table2.csv").read_text() == (run_dir / "table2.csv").read_text()
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY_SETTINGS
+from test_cli import bench_here
 
 from bench.plugins import load_plugins
 from bench.reporting.cells import load_cells
@@ -35,6 +37,7 @@ def records(results: Path) -> list[dict]:
     return [{k: r.get(k) for k in COMPARED} for r in out]
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_command_at_once_share_a_results_folder(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     shared, serial = tmp_path / "shared", tmp_path / "serial"
@@ -43,8 +46,7 @@ def test_two_runs_of_one_command_at_once_share_a_results_folder(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    done = subprocess.run(command(serial), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = bench_here(*command(serial)[3:])  # the serial reference, in this process
     assert done.returncode == 0, done.stderr[-3000:]
 
     load_plugins()

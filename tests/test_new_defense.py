@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_SETTINGS
+from test_cli import bench_here
 
 from bench.cli import main
 from bench.core.errors import BenchError, ConfigError
@@ -131,7 +132,7 @@ def test_bad_names_and_existing_files_are_refused(tmp_path, capsys):
         main(["--help"])
     assert "new-defense" in capsys.readouterr().out
     # a registered defense: one line naming its file, and nothing written
-    proc = run(sys.executable, "-m", "bench", "new-defense", "ppfr_fd")
+    proc = bench_here("new-defense", "ppfr_fd")
     assert_one_line_error(proc, "defense 'ppfr_fd' exists already",
                           str(Path("defenses") / "ppfr_fd.py"), "choose another name")
     for name, needle in [("adamixup", "defense 'adamixup' exists already"),  # registered as variants
@@ -154,21 +155,23 @@ def test_bad_names_and_existing_files_are_refused(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.py", "pkg"]
 
 
-def test_new_defense_in_the_package_passes_the_suite_and_runs_a_cell(tmp_path):
+@pytest.mark.slow
+def test_new_defense_in_the_package_passes_the_suite_and_runs_a_cell(tmp_path, restored_registry):
     """`bench new-defense NAME` alone: the registry-parametrised tests and `bench run` see it."""
     name = f"tmpl_{uuid.uuid4().hex[:8]}"  # unique: other test runs may share this checkout
     target = defenses_dir() / f"{name}.py"
     assert not target.exists()
     try:
-        made = run(sys.executable, "-m", "bench", "new-defense", name)
+        made = bench_here("new-defense", name)  # in this process: the CLI's own code path
         assert made.returncode == 0, made.stderr
         assert target.is_file()
         assert f"python -m bench run --defenses {name} --attacks resrec" in made.stdout
-        again = run(sys.executable, "-m", "bench", "new-defense", name)
+        again = bench_here("new-defense", name)  # registers it here; restored_registry forgets it
         assert_one_line_error(again, f"defense '{name}' exists already", "choose another name")
 
-        # the tests parametrised over DEFENSES.names() collect and pass the new defense
-        tests = run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+        # the tests parametrised over DEFENSES.names() collect and pass the new defense (`-n 0`:
+        # in one process; two xdist workers would each import the whole harness for 2 tests)
+        tests = run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-n", "0",
                     "tests/test_registry.py", "tests/test_plan.py", "-k", name)
         assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
         for test in ("test_registry.py::test_every_defense_builds_with_defaults_and_has_a_docstring",
@@ -182,6 +185,7 @@ def test_new_defense_in_the_package_passes_the_suite_and_runs_a_cell(tmp_path):
         assert_noise_cell(read_cell(tmp_path, name), name, {"strength": 0.1})
     finally:
         target.unlink(missing_ok=True)
+        sys.modules.pop(f"defenses.{name}", None)
         for pyc in (target.parent / "__pycache__").glob(f"{name}.*.pyc"):
             pyc.unlink()
     assert not list(target.parent.rglob(f"{name}*"))
@@ -205,6 +209,7 @@ def venv_python(tmp_path: Path) -> str:
     return str(python)
 
 
+@pytest.mark.slow
 def test_external_package_registers_a_defense_through_the_entry_point(tmp_path):
     """A real package declaring `[project.entry-points."faceprivbench.defenses"]`, pip-installed
     into a fresh venv: `bench list` shows its defense and `bench run` measures a cell of it."""

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bench.data.recordio import write_records
-from test_cli import assert_one_line_error, bench
+from test_cli import assert_one_line_error, bench_here
 
 
 def _faces(n_ids: int, per_id: int, side: int, rgb: bool = False) -> tuple[list[bytes], list[int]]:
@@ -37,7 +37,7 @@ def records(tmp_path_factory) -> Path:
 
 
 def test_insightface_records_run_end_to_end(records, tmp_path):
-    proc = bench("run", "--dataset", "rec", "--data-root", str(records), "--defenses", "none,ppfr_fd",
+    proc = bench_here("run", "--dataset", "rec", "--data-root", str(records), "--defenses", "none,ppfr_fd",
                  "--attacks", "resrec", "--set", "data.limit_identities=0", "--set", "attacks.resrec.epochs=1",
                  results=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -53,7 +53,7 @@ def test_truncated_records_are_one_line_and_exit_2_before_training(records, tmp_
     data = (records / "train.rec").read_bytes()
     (cut / "train.rec").write_bytes(data[: len(data) - 300])  # the last record loses its tail
     (cut / "train.idx").write_bytes((records / "train.idx").read_bytes())
-    proc = bench("run", "--dataset", "rec", "--data-root", str(cut), results=tmp_path / "results")
+    proc = bench_here("run", "--dataset", "rec", "--data-root", str(cut), results=tmp_path / "results")
     assert_one_line_error(proc, "train.rec")
     assert not list((tmp_path / "results").glob("cache/baseline/*"))  # nothing was trained
 
@@ -72,11 +72,11 @@ def test_paper_preset_trains_ir_se_50_at_112px_on_the_cpu(tmp_path):
             "--defenses", "none", "--attacks", "resrec", "--seeds", "0", "--results", str(out),
             "--no-progress", "--set", "recognizer.epochs=1", "--set", "attacks.resrec.epochs=1",
             "--set", "data.split=[0.5,0.2,0.3]", "--set", "data.num_pairs=10", "--set", "data.workers=2"]
-    plan = bench(*args, "--dry-run")  # cost before compute: the plan names IR-SE-50, trains nothing
+    plan = bench_here(*args, "--dry-run")  # cost before compute: the plan names IR-SE-50, trains nothing
     assert plan.returncode == 0, plan.stderr
     assert "ir_se_50" in plan.stdout and "112" in plan.stdout and "43.8 M" in plan.stdout, plan.stdout
     assert not out.exists()
-    proc = bench(*args)
+    proc = bench_here(*args)
     assert proc.returncode == 0, proc.stderr
     import torch
 

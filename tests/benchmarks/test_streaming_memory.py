@@ -6,8 +6,8 @@ real PNG faces each (2,000 and 20,000 files), are loaded with :func:`bench.data.
 :class:`StreamingFaceSet`; aux and test are in memory, capped at 400 images) and the baseline
 recognizer trains one epoch on each train split with :func:`bench.recognition.train_recognizer`
 and two DataLoader workers. Each size runs in a fresh interpreter (``_memory_probe.py``) which
-reports ``ru_maxrss`` of itself and of its largest reaped child (a DataLoader worker). The test
-asserts, as ratios measured in this run, that the larger set's peaks (the process, and process +
+reports its own peak RSS (``VmHWM``) and ``ru_maxrss`` of its largest reaped child (a DataLoader
+worker). The test asserts, as ratios measured in this run, that the larger set's peaks (the process, and process +
 worker) are at most 1.2× the smaller's, and prints both figures in MiB.
 
 Why: a streamed training set keeps only labels and file positions in memory, so a 500k-image
@@ -48,9 +48,9 @@ PER_IDENTITY = {"small": 20, "large": 200}  # 2,000 and 20,000 files
 SIDE, CHANNELS = 40, 3
 SPLIT = (0.8, 0.1, 0.1)
 BOUND = 1.2  # peak RSS of the large run ≤ 1.2 × the small run's
-MIB = 1024  # ru_maxrss is in KiB on Linux
+MIB = 1024  # the probe reports KiB
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB, fork workers: Linux")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/status, ru_maxrss in KiB, fork workers: Linux")
 
 
 def write_identity_folders(root: Path, identities: int, per_identity: int, seed: int = 0) -> None:
