@@ -186,7 +186,7 @@ def test_dctdp_publishes_x_plus_noise_in_raw_coefficient_units():
 def test_dctdp_recognizer_learns_on_raw_coefficients(data):
     """Guards the measured failure of per-channel standardisation (the Adam-trained loc blown up on
     the high-frequency channels kept the recognizer at chance, training top-1 0.08)."""
-    cfg = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=20, batch_size=16, lr=0.05,
+    cfg = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=10, batch_size=16, lr=0.05,
                            milestones=(), warmup_epochs=0, dropout=0.0, arcface_s=16.0)
     from bench.core.context import Context
 
@@ -198,7 +198,7 @@ def test_dctdp_recognizer_learns_on_raw_coefficients(data):
     faces = data.train.relabelled()
     with torch.no_grad():
         pred = model.head.cosine(model(d.encode(faces.images, torch.Generator()))).argmax(1)
-    assert (pred == faces.labels).float().mean() >= 0.9  # measured 1.0
+    assert (pred == faces.labels).float().mean() >= 0.9  # measured .983 (10 epochs), 1.0 (20)
     assert d.record["noise_scale_median"] > d.record["noise_scale_initial"]  # the aux loss pushed
 
 
