@@ -169,8 +169,9 @@ def test_run_writes_table_and_cells_and_reruns_from_the_store(tmp_path):
         assert f"{100 * acc['accuracy_mean']:.3f}" in first.stdout  # the console table too
     # the unprotected recognizer learned something even on the tiny slice (60 pairs, chance 50 %,
     # an untrained network 61.7 %, measured 80 %): a broken training loop, embedding or threshold
-    # search lands below
-    assert records["none__cgan__s0.json"]["accuracy"]["orl"]["accuracy_mean"] >= 0.75
+    # search lands below. .70, not higher: the slice is noisy (8–20 epochs measured .73–.82 at
+    # one or two threads), and another CPU's floats must not fail it
+    assert records["none__cgan__s0.json"]["accuracy"]["orl"]["accuracy_mean"] >= 0.70
     # each record carries the effective options: the --set override and every default
     opts = records["ppfr_fd__cgan__s0.json"]["defense_options"]
     assert opts["perm_mode"] == "fixed_key" and opts["mix_mode"] == "adjacent_sum"
