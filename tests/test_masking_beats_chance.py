@@ -8,8 +8,10 @@ pipeline's ``defense_recognizer`` stage does (fit → train_recognizer → verif
 
 Measured (seed 0, one torch thread on a shared 2-core CPU): ``ppfr_fd`` verifies at 79.0 %
 ± 4.7 (10 folds of 300 pairs) in 68 s; ``masking_mixup.k2`` (not run here, to keep the slow suite
-short) at 81.0 % ± 6.2 in 70 s. With two threads on a busy machine the same training took over
-15 minutes (thread stalls), hence ``one_torch_thread``.
+short) at 81.0 % ± 6.2 in 70 s. Since the ×8-upsampled maps with the stride-1 stem (§0.2 v2):
+75.3 % ± 7.0 in 118 s on one core (0.4 s per step, 9.7 s to verify), the suite's longest test.
+With two threads on a busy machine the same training took over 15 minutes (thread stalls), hence
+``one_torch_thread``.
 """
 from __future__ import annotations
 
