@@ -34,8 +34,10 @@ MAX_WORKERS = 8  # the heaviest tests hold ~1–2 GiB each
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker per core, at most MAX_WORKERS."""
-    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    """``-n auto``: one worker per usable core (the affinity mask, as ``bench`` counts them), at
+    most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_WORKERS))
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
