@@ -22,6 +22,10 @@ def candidate(tmp_path_factory):
 
 def test_reference_run_has_not_regressed(candidate, capsys):
     _, run = candidate
+    # one replicate decides only as a float-for-float reproduction (bench/reporting/compare.py)
+    assert not compare_runs(REFERENCE, run).environment, (
+        "results/reference/ was computed in another environment (see `bench compare`): "
+        "regenerate it here with `python -m tests.reference_run`")
     rc = main(["compare", str(REFERENCE), str(run), "--fail-on-regression"])
     out = capsys.readouterr().out
     print(out)  # the comparison shows in the CI log

@@ -132,6 +132,19 @@ def test_a_reproduction_on_the_same_pairs_is_a_paired_check(tmp_path, capsys):
     assert rc == 1 and "reproduction check" in out and "p (Holm)" in out and "95 %" in out
 
 
+def test_a_reproduction_in_another_environment_cannot_decide(tmp_path):
+    """The same loss re-created with another thread count: the floats may differ for that alone,
+    so one replicate's paired items give no verdict, and the comparison names the difference."""
+    a = write_run(tmp_path, _records("a", seed=0), "a")
+    recs = _records("b", seed=0, shift=-0.15)
+    for r in recs:
+        r["environment"] = {**(r.get("environment") or {}), "torch_threads": 99}
+    comp = compare_runs(a, write_run(tmp_path, recs, "b"))
+    row = comp.metrics[(comp.metrics["defense"] == "ppfr_fd") & (comp.metrics["metric"] == "acc_orl")].iloc[0]
+    assert "inconclusive (1 replicate" in row["test"] and not row["flagged"]
+    assert comp.regressions.empty and comp.environment
+
+
 def test_metrics_without_items_and_one_replicate_are_untestable(tmp_path):
     a = write_run(tmp_path, _records("a", seed=0), "a")
     b = write_run(tmp_path, _records("b", seed=0, same_items_as="retrained"), "b")

@@ -19,10 +19,10 @@ Significance (the ``flag`` column, ALGORITHMS §12.1), with B − A's 95 % inter
 - one replicate a side: a bootstrap over one trained model's items cannot see training noise
   (measured on ORL: resrec SSIM on ``none`` .991 vs .936 for seeds 0 and 1). On *different*
   items the row is *untestable*. On the *same* items (same pairs / targets by digest) the paired
-  item bootstrap is shown; it decides only when the two runs have the same settings and seed — a
-  reproduction check (the CI gate re-creating ``results/reference``), where the same seeded code
-  must give the same models and a difference is the code's or the environment's — otherwise it
-  is *inconclusive (one replicate)*;
+  item bootstrap is shown; it decides only when the two runs have the same settings, seed and
+  environment key (:mod:`bench.environment`) — a reproduction check (the CI gate re-creating
+  ``results/reference``), where the same seeded code must give the same models and a difference
+  is the code's — otherwise it is *inconclusive (one replicate)*;
 - the p-values of the deciding tests are Holm-adjusted (many metrics are compared at once) and a
   change is *significant* when the adjusted p < ``ALPHA`` (0.05); both p-values are printed;
 - old runs without per-item data and one replicate fall back to the seed-spread rule (flagged
@@ -264,8 +264,13 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     st = _stats(rec_a).merge(_stats(rec_b), on=["defense", "attack", "metric"], how="inner",
                              suffixes=("_a", "_b"))
     protected = {r["defense"]: bool(r.get("protected", True)) for r in rec_a + rec_b}
-    # same settings and seeds: B re-creates A, so one replicate's paired items may decide
-    reproduction = not comp.settings
+    env_a = {environment_key(r.get("environment")): r.get("environment") for r in rec_a}
+    env_b = {environment_key(r.get("environment")): r.get("environment") for r in rec_b}
+    # same settings, seeds and environment: B re-creates A float for float, so one replicate's
+    # paired items may decide. Another environment (thread count, CPU model, library versions)
+    # moves the floats by itself (measured: 2 → 1 torch threads moved the reference run's MSE by
+    # 1e-5, "significant" on the same targets), which one replicate cannot tell from the code's
+    reproduction = not comp.settings and set(env_a) == set(env_b)
     judged = [_test(ia, ib, reproduction) if ia and ib else _replicate_test(ra, rb)
               for ia, ib, ra, rb in zip(st["items_a"], st["items_b"], st["replicates_a"],
                                         st["replicates_b"])]
@@ -313,8 +318,6 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
         m["_nan"] = m["rel"].isna()  # appeared / vanished metrics first among the flagged
         m = (m.sort_values(["flagged", "_nan", "rel"], ascending=[False, False, False],
                            kind="stable").drop(columns="_nan").reset_index(drop=True))
-    env_a = {environment_key(r.get("environment")): r.get("environment") for r in rec_a}
-    env_b = {environment_key(r.get("environment")): r.get("environment") for r in rec_b}
     if set(env_a) != set(env_b):
         first_a, first_b = next(iter(env_a.values()), None), next(iter(env_b.values()), None)
         comp.environment = environment_diff(first_a, first_b) or [
