@@ -92,14 +92,16 @@ def test_unknown_plugin_lists_near_matches(tmp_path):
 
 
 def test_invalid_option_value(tmp_path):
-    assert_one_line_error(bench_here("run", "--set", "defenses.ppfr_fd.mix_mode=zigzag", results=tmp_path),
-                          "mix_mode")
-    assert_one_line_error(bench_here("run", "--set", "recognizer.epochs=-1", results=tmp_path), "epochs")
+    assert_one_line_error(bench_here("run", "--set", "defenses.ppfr_fd.mix_mode=zigzag",
+                                     results=tmp_path), "mix_mode")
+    assert_one_line_error(bench_here("run", "--set", "recognizer.epochs=-1", results=tmp_path),
+                          "epochs")
     assert_one_line_error(bench_here("run", "--seeds", "a,b", results=tmp_path), "--seeds")
 
 
 def test_missing_dataset_path(tmp_path):
-    proc = bench_here("run", "--dataset", "folder", "--data-root", str(tmp_path / "nowhere"), results=tmp_path)
+    proc = bench_here("run", "--dataset", "folder", "--data-root", str(tmp_path / "nowhere"),
+                      results=tmp_path)
     assert_one_line_error(proc, "nowhere")
 
 
@@ -182,7 +184,7 @@ def test_run_writes_table_and_cells_and_reruns_from_the_store(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["config"]["recognizer"]["epochs"] == 16
 
     cache_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
-    second = bench_here("run", *FIXED_KEY, results=tmp_path)  # in-process: a fresh Pipeline, same store
+    second = bench_here("run", *FIXED_KEY, results=tmp_path)  # a fresh Pipeline, the same store
     assert second.returncode == 0, second.stderr
     assert "2 already measured" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == cache_files
