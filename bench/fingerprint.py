@@ -72,6 +72,13 @@ def module_file(name: str) -> Path | None:
 def imported_modules(source: str, module: str, is_package: bool) -> set[str]:
     """Names every ``import`` / ``from`` statement of ``source`` may load (relative imports
     resolved against ``module``); for ``from a import b`` both ``a`` and ``a.b``."""
+    return set(_imported_modules(source, module, is_package))
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(source: str, module: str, is_package: bool) -> frozenset[str]:
+    # keyed by the source text itself, so it survives clear_cache(): an edited file is new text
+    # (parsing every module again was most of a fingerprint's cost after each clear_cache)
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -87,7 +94,7 @@ def imported_modules(source: str, module: str, is_package: bool) -> set[str]:
             if parent:
                 out.add(parent)
             out.update(f"{parent}.{alias.name}" if parent else alias.name for alias in node.names)
-    return out
+    return frozenset(out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,8 +151,12 @@ def harness_fingerprint(stage: str) -> str:
     return fingerprint(tuple(files))
 
 
-def clear_cache() -> None:
-    """Forget every fingerprint (after editing a module in the same process)."""
+def clear_cache(parsed: bool = False) -> None:
+    """Forget every fingerprint (after editing a module in the same process). The imports parsed
+    from a source text are kept (an edited file is a new text); ``parsed=True`` forgets them too,
+    as in a fresh process."""
     closure.cache_clear()
     _plugin_fingerprint.cache_clear()
+    if parsed:
+        _imported_modules.cache_clear()
     harness_fingerprint.cache_clear()

@@ -126,7 +126,9 @@ def finished(tmp_path_factory) -> Finished:
 
 
 def test_cached_rerun_is_within_bound_of_loading_its_cells(finished, monkeypatch):
-    if injected("cached_rerun"):  # hog_check.py: the per-process fingerprint cache lost
+    if injected("cached_rerun"):  # hog_check.py: the per-process fingerprint caches lost
+        parse = fingerprint._imported_modules.__wrapped__  # the parse memo lost as well
+        monkeypatch.setattr(fingerprint, "imported_modules", lambda *a: set(parse(*a)))
         monkeypatch.setattr(fingerprint, "closure", fingerprint.closure.__wrapped__)
         monkeypatch.setattr(fingerprint, "_plugin_fingerprint",
                             fingerprint._plugin_fingerprint.__wrapped__)
@@ -141,17 +143,17 @@ def test_cached_rerun_is_within_bound_of_loading_its_cells(finished, monkeypatch
 
 def test_fresh_process_rerun_is_within_bound_of_loading_its_cells(finished, monkeypatch):
     if injected("fresh_rerun"):  # hog_check.py: every project module parsed twice
-        parse = fingerprint.imported_modules
+        parse = fingerprint._imported_modules.__wrapped__  # uncached, both times
         monkeypatch.setattr(fingerprint, "imported_modules",
-                            lambda *a: (parse(*a), parse(*a))[1])
+                            lambda *a: (parse(*a), set(parse(*a)))[1])
     def cold_rerun() -> None:
-        fingerprint.clear_cache()  # as in a fresh process: every module read and hashed again
-        rerun(finished.results)
+        fingerprint.clear_cache(parsed=True)  # as in a fresh process: every module read, parsed
+        rerun(finished.results)                # and hashed again
 
     name = "cached re-run, fresh fingerprints (2 cells) / loading its cell files"
     try:
         m = measure_ratio(name, cold_rerun, finished.load_reference, COLD_BOUND)
     finally:
-        fingerprint.clear_cache()
+        fingerprint.clear_cache(parsed=True)
     finished.assert_nothing_rewritten()
     assert_within(name, m, COLD_BOUND)
