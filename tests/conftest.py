@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 
 def _pin_xdist_worker() -> bool:
@@ -49,6 +50,9 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
                for fds in defs.values() for fd in fds)
 
 
+BENCHMARKS = Path(__file__).resolve().parent / "benchmarks"
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items) -> None:
     """The schedule of a parallel run: a module whose tests share a module fixture (a trained run,
@@ -56,6 +60,11 @@ def pytest_collection_modifyitems(config, items) -> None:
     ``slow`` end-to-end tests go first, then those modules, so the longest test (minutes) starts
     at once instead of finishing last. Every worker sorts the same way (xdist requires it)."""
     for item in items:
+        if item.get_closest_marker("alone") and BENCHMARKS not in item.path.parents:
+            # the README's second pytest collects only tests/benchmarks (the whole suite's
+            # collection would take longer than the test): elsewhere it would never run
+            raise pytest.UsageError(f"{item.nodeid} is marked `alone`: move it under "
+                                    f"tests/benchmarks/, where `pytest -m alone` looks")
         if _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda it: 0 if it.get_closest_marker("slow")

@@ -147,7 +147,8 @@ FIXED_KEY = ("--set", "defenses.ppfr_fd.perm_mode=fixed_key", "--set", "recogniz
 
 @pytest.mark.slow
 def test_run_writes_table_and_cells_and_reruns_from_the_store(tmp_path):
-    first = bench("run", *FIXED_KEY, results=tmp_path)
+    # in this process (a real `python -m bench run` finishing is test_concurrent_runs.py's)
+    first = bench_here("run", *FIXED_KEY, results=tmp_path)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     table = _read_table(run_dir)

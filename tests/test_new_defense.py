@@ -178,8 +178,8 @@ def test_new_defense_in_the_package_passes_the_suite_and_runs_a_cell(tmp_path, r
                      "test_plan.py::test_shapes_known_before_fit_match_the_fitted_defense"):
             assert f"PASSED tests/{test}[{name}]" in tests.stdout, tests.stdout[-3000:]
 
-        cell = run(sys.executable, "-m", "bench", "run", "--defenses", name, "--attacks", "resrec",
-                   "--results", str(tmp_path), "--no-progress", *CELL)
+        cell = bench_here("run", "--defenses", name, "--attacks", "resrec", "--results",
+                          str(tmp_path), "--no-progress", *CELL)  # the module made above
         assert cell.returncode == 0, cell.stderr[-3000:]
         assert name in cell.stdout  # its row in the printed table
         assert_noise_cell(read_cell(tmp_path, name), name, {"strength": 0.1})
@@ -221,19 +221,39 @@ def test_external_package_registers_a_defense_through_the_entry_point(tmp_path):
               str(pkg), env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
 
+    results = tmp_path / "results"
+    run_cell = ["run", "--defenses", "dummy_noise", "--attacks", "resrec", "--results", str(results),
+                "--no-progress", *CELL]
+    commands = [["list"], run_cell, [*run_cell, "--set", "defenses.dummy_noise.amplitude=2"]]
+    # the three commands in one interpreter of the venv (each `python -m bench` would import torch
+    # and the harness again, ~5 s): `main` is what `python -m bench` calls, exit status included
     env = {"PYTHONPATH": str(ROOT)}  # this checkout's harness, whatever the venv sees installed
-    listed = run(python, "-m", "bench", "list", cwd=tmp_path, env=env)
+    driver = run(python, "-c", VENV_DRIVER, json.dumps(commands), cwd=tmp_path, env=env)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    listed, cell, bad = (subprocess.CompletedProcess(c, *r)
+                         for c, r in zip(commands, json.loads(driver.stdout.splitlines()[-1])))
     assert listed.returncode == 0, listed.stderr
     rows = {ln.split()[0]: ln for ln in listed.stdout.splitlines() if ln.startswith("  ")}
     assert "Dummy third-party defense" in rows.get("dummy_noise", ""), listed.stdout
     assert "ppfr_fd" in rows  # the built-in plugins are still there
-
-    results = tmp_path / "results"
-    cell = run(python, "-m", "bench", "run", "--defenses", "dummy_noise", "--attacks", "resrec",
-               "--results", str(results), "--no-progress", *CELL, cwd=tmp_path, env=env)
     assert cell.returncode == 0, cell.stderr[-3000:]
     assert_noise_cell(read_cell(results, "dummy_noise"), "dummy_noise", {"amplitude": 0.2})
-    bad = run(python, "-m", "bench", "run", "--defenses", "dummy_noise", "--attacks", "resrec",
-              "--results", str(results), "--no-progress", *CELL, "--set",
-              "defenses.dummy_noise.amplitude=2", cwd=tmp_path, env=env)
     assert_one_line_error(bad, "dummy_noise amplitude must be in [0, 1]")
+
+
+#: run in the venv: ``bench.cli.main`` on each command of argv[1] (JSON), printing one JSON line of
+#: ``[exit status, stdout, stderr]`` per command
+VENV_DRIVER = """
+import contextlib, io, json, sys
+from bench.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    out.append([rc, o.getvalue(), e.getvalue()])
+print(json.dumps(out))
+"""

@@ -1,7 +1,8 @@
 """Peak memory of training on a streamed identity-folder set must not grow with the set's size.
 
 What is measured: two synthetic identity-folder trees with the same 100 identities, 20 and 200
-real PNG faces each (2,000 and 20,000 files), are loaded with :func:`bench.data.folder.load_folder`
+real PNG faces each (2,000 and 20,000 files; 20 distinct faces per identity, the larger tree
+repeats their bytes), are loaded with :func:`bench.data.folder.load_folder`
 (the train split — 80 % of the identities, 1,600 and 16,000 images — is a
 :class:`StreamingFaceSet`; aux and test are in memory, capped at 400 images) and the baseline
 recognizer trains one epoch on each train split with :func:`bench.recognition.train_recognizer`
@@ -53,10 +54,16 @@ MIB = 1024  # the probe reports KiB
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/status, ru_maxrss in KiB, fork workers: Linux")
 
 
+#: distinct images per identity; a larger folder repeats their files' bytes (streaming reads and
+#: decodes every file alike, and encoding 20,000 PNGs took most of this module's set-up)
+DISTINCT = 20
+
+
 def write_identity_folders(root: Path, identities: int, per_identity: int, seed: int = 0) -> None:
     """``root/idNNNN/NNNN.png``: per identity a bright blob face (its own centre, size and
-    tint), per image a different slice of a shared noise bank plus a brightness offset. Real
-    PNG files (fast zlib level), decodable by PIL like any dataset's."""
+    tint), per image a different slice of a shared noise bank plus a brightness offset (image
+    ``j`` is image ``j % DISTINCT``'s bytes). Real PNG files (fast zlib level), decodable by PIL
+    like any dataset's."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:SIDE, 0:SIDE] / SIDE
     noise = rng.normal(0, 12, (64, SIDE, SIDE, CHANNELS)).astype(np.float32)
@@ -67,11 +74,14 @@ def write_identity_folders(root: Path, identities: int, per_identity: int, seed:
         radius = rng.uniform(0.25, 0.4)
         blob = 200 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / radius ** 2) + 20
         base = (blob[..., None] * rng.uniform(0.6, 1.0, CHANNELS)).astype(np.float32)
+        encoded: list[bytes] = []
         for j in range(per_identity):
-            img = np.clip(base + noise[(7 * j + k) % len(noise)] + j % 11, 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="PNG", compress_level=1)
-            (folder / f"{j:04d}.png").write_bytes(buf.getvalue())
+            if j < DISTINCT:
+                img = np.clip(base + noise[(7 * j + k) % len(noise)] + j % 11, 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+                encoded.append(buf.getvalue())
+            (folder / f"{j:04d}.png").write_bytes(encoded[j % DISTINCT])
 
 
 @pytest.fixture(scope="module")
