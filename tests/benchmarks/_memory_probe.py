@@ -56,7 +56,7 @@ def main() -> None:
         data.train = data.train.materialise()
     loaded = time.perf_counter()
     cfg = RecognizerConfig(widths=(8, 8, 16, 16), embedding_dim=16, epochs=1, batch_size=64,
-                           milestones=(), warmup_epochs=0, dropout=0.0)
+                           milestones=(), warmup_epochs=0, dropout=0.0, channels_last=True)
     model = train_recognizer(data.train, Context(seed=0, progress=False, recognizer=cfg,
                                                  workers=args.workers))
     trained = time.perf_counter()
