@@ -59,7 +59,7 @@ from bench.matrix import run_matrix
 from conftest import TINY_SETTINGS
 from ratio import injected
 
-# alone: the reference needs both cores free (pyproject.toml runs it after the suite, `-m alone -n 0`)
+# alone: the reference needs both cores free (run after the suite: `-m alone -n 0 tests/benchmarks`)
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.alone]
 
 SETTINGS = [*TINY_SETTINGS, "recognizer.epochs=3", "attacks.resrec.epochs=1",
