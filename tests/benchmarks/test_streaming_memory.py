@@ -8,8 +8,8 @@ repeats their bytes), are loaded with :func:`bench.data.folder.load_folder`
 recognizer trains one epoch on each train split with :func:`bench.recognition.train_recognizer`
 and two DataLoader workers. Each size runs in a fresh interpreter (``_memory_probe.py``) which
 reports its own peak RSS (``VmHWM``) and ``ru_maxrss`` of its largest reaped child (a DataLoader
-worker). The test asserts, as ratios measured in this run, that the larger set's peaks (the process, and process +
-worker) are at most 1.2× the smaller's, and prints both figures in MiB.
+worker). The test asserts, as ratios measured in this run, that the larger set's peaks (the
+process, and process + worker) are at most 1.2× the smaller's, and prints both figures in MiB.
 
 Why: a streamed training set keeps only labels and file positions in memory, so a 500k-image
 CASIA/MS1M run fits where an in-memory float32 copy would not (ARCHITECTURE "Sources of faces").
